@@ -1,0 +1,150 @@
+"""Ask upstream what is new: the head of a git branch, and the newest release on the Python package index.
+
+Neither lookup clones or downloads anything: `git ls-remote` lists refs, and `pip index versions` lists the
+versions of which an sdist is published, through the user's own pip configuration (index, mirrors, proxies).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Sequence
+
+import git
+from packaging.version import InvalidVersion, Version
+
+from dagster_nix_builder.pins import RELEASE_PACKAGES, validate_git_argument, validate_rev
+
+DEFAULT_TIMEOUT_SECONDS = 60
+
+
+class UpstreamError(RuntimeError):
+    """Upstream could not be asked (unreachable, bad URL, missing ref, index failure)."""
+
+
+def _branch_ref(branch: str) -> str:
+    return branch if branch.startswith("refs/") else f"refs/heads/{branch}"
+
+
+def ls_remote_head(url: str, branch: str, *, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> str:
+    """The commit a branch of a remote repository points at, without cloning.
+
+    Args:
+        url: Repository URL or path, passed to git as one argument.
+        branch: Branch name (`master`) or full ref (`refs/heads/master`).
+        timeout: Seconds before git is killed.
+
+    Returns:
+        The commit id, 40 lowercase hex digits.
+
+    Raises:
+        UpstreamError: If git fails (unreachable, not a repository), the ref does not exist, or git
+            returns something that is not a commit id.
+    """
+    validate_git_argument(url, "git url")
+    validate_git_argument(branch, "git branch")
+    ref = _branch_ref(branch)
+    g = git.cmd.Git()
+    # Never wait for a password prompt in a sensor; fail instead.
+    g.update_environment(GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="/bin/true", SSH_ASKPASS="/bin/true")
+    try:
+        out = g.ls_remote(url, ref, kill_after_timeout=timeout)
+    except git.GitCommandError as e:
+        stderr = (e.stderr or "").strip().removeprefix("stderr:").strip().strip("'").strip()
+        raise UpstreamError(f"git ls-remote {url} {ref} failed (exit {e.status}): {stderr}") from e
+    for line in out.splitlines():
+        sha, _, name = line.partition("\t")
+        if name == ref:
+            try:
+                return validate_rev(sha)
+            except ValueError as e:
+                raise UpstreamError(f"git ls-remote returned {sha!r} for {ref}") from e
+    raise UpstreamError(f"{url} has no ref {ref}")
+
+
+def sdist_versions(
+    package: str,
+    *,
+    pip_args: Sequence[str] = (),
+    python: str = sys.executable,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+) -> list[str]:
+    """Versions of a package on the index that have an sdist, newest first.
+
+    Runs `python -m pip index versions --no-binary :all: PACKAGE` with the user's pip configuration plus
+    `pip_args` (e.g. `--no-index --find-links DIR` for a local folder). Pre-releases are left out.
+
+    Returns:
+        The versions, or an empty list if the index has no sdist of the package.
+
+    Raises:
+        UpstreamError: If pip fails for another reason (index unreachable, bad arguments).
+    """
+    validate_git_argument(package, "package name")
+    cmd = [
+        python, "-m", "pip", "index", "versions", "--disable-pip-version-check",
+        "--no-binary", ":all:", *pip_args, package,
+    ]  # fmt: skip
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise UpstreamError(f"{' '.join(cmd)}: {e}") from e
+    if proc.returncode != 0:
+        if "No matching distribution found" in proc.stderr:
+            return []
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR")] or [
+            proc.stderr.strip()[-500:]
+        ]
+        raise UpstreamError(f"pip index versions {package} failed (exit {proc.returncode}): {errors}")
+    for line in proc.stdout.splitlines():
+        if line.startswith("Available versions:"):
+            versions = [v.strip() for v in line.partition(":")[2].split(",") if v.strip()]
+            return sorted(versions, key=_version_key, reverse=True)
+    return []
+
+
+def _version_key(v: str) -> Version:
+    try:
+        return Version(v)
+    except InvalidVersion:
+        return Version("0")
+
+
+def latest_release(
+    packages: Sequence[str] = RELEASE_PACKAGES,
+    *,
+    pip_args: Sequence[str] = (),
+    python: str = sys.executable,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+) -> str | None:
+    """The newest version for which every one of `packages` has an sdist on the index.
+
+    Returns:
+        The version, or None if no version has all of them.
+
+    Raises:
+        UpstreamError: If the index cannot be asked.
+    """
+    common: set[str] | None = None
+    for package in packages:
+        versions = set(sdist_versions(package, pip_args=pip_args, python=python, timeout=timeout))
+        common = versions if common is None else common & versions
+    if not common:
+        return None
+    return max(common, key=_version_key)
+
+
+def missing_sdists(
+    version: str,
+    packages: Sequence[str] = RELEASE_PACKAGES,
+    *,
+    pip_args: Sequence[str] = (),
+    python: str = sys.executable,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+) -> list[str]:
+    """Which of `packages` have no sdist of `version` on the index (empty when the release is complete)."""
+    return [
+        p
+        for p in packages
+        if version not in sdist_versions(p, pip_args=pip_args, python=python, timeout=timeout)
+    ]
