@@ -1,0 +1,180 @@
+# The bootstrap scope: the names the package expressions use (python3Packages.buildPythonPackage,
+# runCommand, fetchgit, fetchPypi, the Python packages) on top of builtins.derivation, for a bare Nix
+# without nixpkgs. It is honest about what it borrows from the host:
+#   - the interpreter (hostPython, default /usr/bin/python3) and /bin/sh, tar, cp, git in builders;
+#   - the network, in fixed-output derivations only, through the host's own pip and git configuration.
+# Everything else (every third-party wheel, the build backends, the Dagster sources) is fetched into
+# the Nix store and verified by hash, so a package's runtime closure is in the store.
+{ hostPython ? "/usr/bin/python3"
+, lock ? builtins.fromJSON (builtins.readFile ./wheels.json)
+, system ? builtins.currentSystem
+}:
+let
+  inherit (builtins) attrNames concatStringsSep genericClosure listToAttrs mapAttrs toJSON;
+
+  hostPath = "/usr/bin:/bin";
+  pybuild = ./pybuild.py;
+  sitePackages = "lib/python${lock.python}/site-packages";
+
+  # What fixed-output fetches may take from the caller's environment: the pip/git client configuration.
+  clientEnvVars = [
+    "PIP_INDEX_URL" "PIP_EXTRA_INDEX_URL" "PIP_FIND_LINKS" "PIP_NO_INDEX" "PIP_TRUSTED_HOST"
+    "PIP_CERT" "PIP_CLIENT_CERT" "PIP_CONFIG_FILE" "PIP_DEFAULT_TIMEOUT" "PIP_RETRIES"
+    "http_proxy" "https_proxy" "HTTP_PROXY" "HTTPS_PROXY" "no_proxy" "NO_PROXY"
+    "SSL_CERT_FILE" "GIT_SSL_CAINFO" "GIT_SSL_NO_VERIFY"
+  ];
+
+  shellDerivation = name: script: attrs: derivation ({
+    inherit name system;
+    builder = "/bin/sh";
+    args = [ "-ec" script ];
+    PATH = hostPath;
+  } // attrs);
+
+  python3 = shellDerivation "python3-host-${lock.python}" ''
+    version=$(${hostPython} -c 'import sys; print("%d.%d" % sys.version_info[:2])') || {
+      echo "error: the bootstrap scope's interpreter ${hostPython} does not run (builders run as nixbld users and cannot read /root)." >&2
+      exit 1
+    }
+    if [ "$version" != "${lock.python}" ]; then
+      echo "error: nix/bootstrap/wheels.json is locked for Python ${lock.python}, but ${hostPython} is Python $version." >&2
+      echo "       Regenerate it: ${hostPython} nix/bootstrap/lock.py --dagster-version ${lock.dagster}" >&2
+      exit 1
+    fi
+    mkdir -p "$out/bin"
+    ln -s ${hostPython} "$out/bin/python3"
+    ln -s ${hostPython} "$out/bin/python"
+  '' { } // {
+    pythonVersion = lock.python;
+    inherit sitePackages;
+  };
+
+  runCommand = name: env: buildCommand:
+    shellDerivation name buildCommand (builtins.removeAttrs env [ "passthru" "meta" "nativeBuildInputs" "buildInputs" ]);
+
+  fetchgit = { url, rev, hash ? "", name ? "source" }:
+    shellDerivation name ''
+      export HOME="$TMPDIR" GIT_TERMINAL_PROMPT=0
+      git init -q "$out"
+      cd "$out"
+      git fetch -q --depth 1 -- "$url" "$rev" 2>/dev/null || git fetch -q -- "$url"
+      git -c advice.detachedHead=false checkout -q "$rev" --
+      rm -rf .git
+    '' {
+      inherit url rev;
+      outputHashMode = "recursive";
+      outputHashAlgo = "sha256";
+      outputHash = hash;
+      impureEnvVars = clientEnvVars;
+    };
+
+  # One sdist, fetched by pip from whatever index the caller's pip configuration names. pip reads the
+  # sdist's metadata to be sure it is the package asked for, which needs the build backends.
+  fetchPypi = { pname, version, hash, extension ? "tar.gz", ... }:
+    shellDerivation "${pname}-${version}.${extension}" ''
+      export HOME="$TMPDIR" PYTHONPATH="$fetchPath"
+      ${hostPython} -m pip download --quiet --no-cache-dir --disable-pip-version-check \
+        --no-deps --no-binary :all: --no-build-isolation -d "$TMPDIR/dl" "$pname==$version"
+      cp "$TMPDIR/dl/$name" "$out"
+    '' {
+      inherit pname version;
+      fetchPath = pythonPathOf [ python3Packages.hatchling python3Packages.setuptools ];
+      outputHashMode = "flat";
+      outputHashAlgo = "sha256";
+      outputHash = hash;
+      impureEnvVars = clientEnvVars;
+    };
+
+  # All pinned wheels in one fetch: one pip process is far cheaper than one per wheel, and pip checks
+  # each file against the sha256 in the lock (--require-hashes) before Nix checks the whole folder.
+  wheelhouse = shellDerivation "bootstrap-wheelhouse-dagster-${lock.dagster}" ''
+    export HOME="$TMPDIR"
+    printf '%s\n' "$requirements" > "$TMPDIR/requirements.txt"
+    ${hostPython} -m pip download --quiet --no-cache-dir --disable-pip-version-check \
+      --no-deps --only-binary :all: --require-hashes -r "$TMPDIR/requirements.txt" -d "$out"
+  '' {
+    requirements = concatStringsSep "\n"
+      (map (n: "${n}==${lock.wheels.${n}.version} --hash=sha256:${lock.wheels.${n}.sha256}") (attrNames lock.wheels));
+    outputHashMode = "recursive";
+    outputHashAlgo = "sha256";
+    outputHash = lock.wheelhouse;
+    impureEnvVars = clientEnvVars;
+  };
+
+  # The transitive Python dependencies of a list of packages, each once.
+  pythonClosure = packages: map (item: item.package) (genericClosure {
+    startSet = map (p: { key = p.outPath; package = p; }) packages;
+    operator = item: map (p: { key = p.outPath; package = p; }) item.package.pythonDependencies;
+  });
+  pythonPathOf = packages: concatStringsSep ":" (map (p: "${p}/${sitePackages}") (pythonClosure packages));
+
+  # Which python3Packages attribute provides each top-level module: named in import-check errors.
+  moduleIndex = toJSON (mapAttrs (name: wheel: wheel.modules) lock.wheels);
+
+  pythonDerivation = { name, mode, dependencies, extraAttrs, outputs ? [ "out" ] }: derivation ({
+    inherit name system outputs;
+    builder = "${python3}/bin/python3";
+    args = [ "-IS" pybuild mode ];
+    PATH = hostPath;
+    python = "${python3}/bin/python3";
+    inherit sitePackages;
+    runtimePath = pythonPathOf dependencies;
+  } // extraAttrs) // {
+    pythonDependencies = dependencies;
+  };
+
+  installWheel = attr: wheel:
+    let dependencies = map (dep: python3Packages.${dep}) wheel.deps;
+    in pythonDerivation {
+      name = "python${lock.python}-${attr}-${wheel.version}";
+      mode = "install";
+      inherit dependencies;
+      extraAttrs.wheel = "${wheelhouse}/${wheel.file}";
+    } // {
+      pname = attr;
+      inherit (wheel) version;
+      optional-dependencies = mapAttrs (extra: deps: map (dep: python3Packages.${dep}) deps) wheel.extras;
+    };
+
+  buildPythonPackage =
+    args@{ pname
+    , version
+    , src
+    , build-system ? [ ]
+    , dependencies ? [ ]
+    , propagatedBuildInputs ? [ ]
+    , pythonImportsCheck ? [ ]
+    , pythonRelaxDeps ? [ ]
+    , passthru ? { }
+    , ...
+    }:
+    let
+      pos = builtins.unsafeGetAttrPos "pname" args;
+      allDependencies = dependencies ++ propagatedBuildInputs;
+    in
+    pythonDerivation {
+      name = "${pname}-${version}";
+      mode = "build";
+      dependencies = allDependencies;
+      outputs = [ "out" "dist" ];
+      extraAttrs = {
+        inherit pname version src;
+        buildPath = pythonPathOf (build-system ++ [ python3Packages.packaging ]);
+        importsCheck = toJSON pythonImportsCheck;
+        relaxDeps = toJSON pythonRelaxDeps;
+        inherit moduleIndex;
+        # The file name only: an absolute path would make the derivation depend on the checkout's location.
+        expression = if pos == null then pname else "${baseNameOf pos.file}:${toString pos.line}";
+        SOURCE_DATE_EPOCH = "315532800";
+      };
+    } // { inherit pname version; } // passthru;
+
+  python3Packages = mapAttrs installWheel lock.wheels // {
+    inherit buildPythonPackage;
+    python = python3;
+  };
+in
+{
+  inherit python3 python3Packages runCommand fetchgit fetchPypi;
+  bootstrapWheelhouse = wheelhouse;
+}

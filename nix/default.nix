@@ -1,0 +1,55 @@
+# The Dagster package set. Every file in ./packages is one package, written in nixpkgs' callPackage
+# convention, so the same files work under nixpkgs, under Flox (.flox/pkgs/) and under the bootstrap
+# scope below. Adding ./packages/foo.nix adds the attribute `foo`; nothing here lists packages by name.
+#
+#   nix-build nix -A dagster-webserver                       # scope chosen automatically
+#   nix-build nix -A dagster --argstr scope bootstrap        # bare Nix, no nixpkgs
+#   nix-build nix -A dagster --arg pkgs 'import <nixpkgs> {}'
+{
+  # "nixpkgs": nixpkgs' buildPythonPackage, pure and sandbox-friendly.
+  # "bootstrap": a small scope on builtins.derivation with the host's Python (see ./bootstrap).
+  # "auto": nixpkgs when `pkgs` is given or <nixpkgs> is on NIX_PATH, bootstrap otherwise.
+  scope ? "auto"
+, pkgs ? null
+, pins ? builtins.fromJSON (builtins.readFile ./pins.json)
+  # "release" (sdists of one pinned Dagster release) or "git" (a repository at a rev).
+, source ? pins.source
+  # Interpreter of the bootstrap scope; its builders run as nixbld users and cannot read /root.
+, hostPython ? "/usr/bin/python3"
+}:
+let
+  inherit (builtins) attrNames filter foldl' functionArgs intersectAttrs listToAttrs match readDir;
+
+  nixpkgsOnPath = builtins.tryEval <nixpkgs>;
+  chosenScope =
+    if scope == "auto" then (if pkgs != null || nixpkgsOnPath.success then "nixpkgs" else "bootstrap")
+    else if scope == "nixpkgs" || scope == "bootstrap" then scope
+    else throw "nix/default.nix: scope must be \"auto\", \"nixpkgs\" or \"bootstrap\", not \"${scope}\"";
+
+  base =
+    if chosenScope == "bootstrap" then import ./bootstrap { inherit hostPython; }
+    else import ./nixpkgs-scope.nix {
+      pkgs = if pkgs != null then pkgs
+        else if nixpkgsOnPath.success then import nixpkgsOnPath.value { }
+        else throw "nix/default.nix: scope \"nixpkgs\" needs `--arg pkgs 'import <nixpkgs> {}'` or <nixpkgs> on NIX_PATH";
+    };
+
+  entries = readDir ./packages;
+  packageNames = map (file: builtins.head (match "(.*)\\.nix" file))
+    (filter (file: entries.${file} == "regular" && match ".*\\.nix" file != null) (attrNames entries));
+
+  # The expressions see the scope, each other, and the source pins (under names nixpkgs does not use).
+  context = base // packages // {
+    dagsterPins = pins;
+    dagsterSource = source;
+  };
+  callPackage = file:
+    let fn = import file;
+    in fn (intersectAttrs (functionArgs fn) context);
+
+  packages = listToAttrs (map (name: {
+    inherit name;
+    value = callPackage (./packages + "/${name}.nix");
+  }) packageNames);
+in
+packages

@@ -1,0 +1,9 @@
+{ python3Packages, dagster-src }:
+python3Packages.buildPythonPackage {
+  pname = "dagster-pipes";
+  inherit (dagster-src) version;
+  pyproject = true;
+  src = dagster-src.subdir "python_modules/dagster-pipes";
+  build-system = [ python3Packages.hatchling ];
+  pythonImportsCheck = [ "dagster_pipes" ];
+}
