@@ -1,0 +1,746 @@
+"""The update workflow: move `dagster-src` to a new rev or release without ever losing a user's edit.
+
+Steps (each named in `UpdateStep`, and in the error when it fails):
+
+1. preflight: refuse when a file the update would edit has uncommitted changes (naming them);
+   recover from a run that was killed half-way.
+2. resolve: validate the target (40-hex rev, or a release whose five sdists are all published).
+3. write: put the new rev/version and a fake hash into `nix/pins.json` (atomic write);
+   in release mode regenerate `nix/bootstrap/wheels.json`.
+4. hash: build the source; Nix fails on the fake hash and prints the real one (`specified:`/`got:`).
+5. write-hash: write the real hash.
+6. build: build the source and every package downstream of it (asked from Nix: the referrers of the
+   source derivation among the set's attributes).
+7. check: run the checks (by default every `bin/*` of the rebuilt packages with `--version`).
+8. commit: commit exactly the files that changed with gitpython, message `dagster-src: OLD -> NEW`.
+
+On any failure (including an interrupt) every file written is restored byte for byte and
+`UpdateError` says which step failed and why.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import re
+import shlex
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import git
+
+from dagster_nix_builder import git_upstream
+from dagster_nix_builder.errors import NixBuilderError
+from dagster_nix_builder.log_format import ActivityStarted, BuildLogLine, NixMessage, parse_line, strip_ansi
+from dagster_nix_builder.pins import (
+    FAKE_HASH,
+    RELEASE_PACKAGES,
+    Pins,
+    PinsError,
+    atomic_write_bytes,
+    parse_pins,
+    remove_stale_temp_files,
+    render_pins,
+    validate_rev,
+    validate_sri_hash,
+    validate_version,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_NIX_CONFIG = "experimental-features = nix-command\nsubstituters ="
+WHEELS_LOCK_RELATIVE_PATH = Path("nix") / "bootstrap" / "wheels.json"
+LOCK_SCRIPT_RELATIVE_PATH = Path("nix") / "bootstrap" / "lock.py"
+JOURNAL_NAME = "dagster-nix-builder-update.json"
+
+_HASH_MISMATCH_RE = re.compile(
+    r"hash mismatch in fixed-output derivation '(?P<drv>[^']+)':\s*"
+    r"specified:\s*(?P<specified>\S+)\s*got:\s*(?P<got>\S+)"
+)
+
+# Lists every top-level derivation of a package set with its .drv path; a broken attribute is left out.
+_DRV_PATHS_EXPR = """{ nixDir, ... }@args:
+let
+  set = import nixDir (removeAttrs args [ "nixDir" ]);
+  isDrv = n: let r = builtins.tryEval (let v = set.${n}; in builtins.isAttrs v && (v.type or null) == "derivation");
+             in r.success && r.value;
+  drvOf = n: let r = builtins.tryEval set.${n}.drvPath; in if r.success then r.value else null;
+in builtins.listToAttrs (map (n: { name = n; value = drvOf n; }) (builtins.filter isDrv (builtins.attrNames set)))
+"""
+
+
+class UpdateStep(str, Enum):
+    """The steps of an update, in order."""
+
+    PREFLIGHT = "preflight"
+    RESOLVE = "resolve"
+    WRITE = "write"
+    LOCK = "lock"
+    HASH = "hash"
+    WRITE_HASH = "write-hash"
+    BUILD = "build"
+    CHECK = "check"
+    COMMIT = "commit"
+
+
+class UpdateError(NixBuilderError):
+    """An update failed; the files it had written are restored.
+
+    Attributes:
+        step: The step that failed.
+        reason: Why, in one paragraph.
+        messages: Nix's (or git's, or a check's) own error messages.
+        restored: Repository-relative paths that were restored byte for byte.
+    """
+
+    def __init__(self, step: UpdateStep, reason: str, messages: Sequence[str] = ()) -> None:
+        self.step = step
+        self.reason = reason
+        self.messages = list(messages)
+        self.restored: list[str] = []
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        text = f"update failed at step '{self.step.value}': {self.reason}"
+        if self.messages:
+            text += "\n" + "\n".join(self.messages)
+        if self.restored:
+            text += f"\nrestored byte for byte: {', '.join(self.restored)}"
+        return text
+
+    def __str__(self) -> str:
+        return self._text()
+
+
+class DirtyFilesError(UpdateError):
+    """The files the update would edit have uncommitted changes; nothing was touched."""
+
+    def __init__(self, files: Sequence[str]) -> None:
+        self.files = list(files)
+        super().__init__(
+            UpdateStep.PREFLIGHT,
+            f"refusing to update: uncommitted changes in {', '.join(self.files)}; "
+            "commit or discard them first",
+        )
+
+
+@dataclass(frozen=True)
+class HashMismatch:
+    """One `specified`/`got` pair Nix printed for a fixed-output derivation."""
+
+    drv_path: str
+    specified: str
+    got: str
+
+    @property
+    def drv_name(self) -> str:
+        """The derivation name, e.g. `dagster_shared-1.13.27.tar.gz`."""
+        return Path(self.drv_path).name.split("-", 1)[1].removesuffix(".drv")
+
+
+def parse_hash_mismatches(stderr: str) -> list[HashMismatch]:
+    """The hash mismatches in a Nix stderr (internal-json or plain), in order."""
+    texts = [m.msg for m in _messages(stderr)] or [strip_ansi(stderr)]
+    found: list[HashMismatch] = []
+    for text in texts:
+        for m in _HASH_MISMATCH_RE.finditer(strip_ansi(text)):
+            found.append(HashMismatch(m["drv"], m["specified"], m["got"]))
+    return found
+
+
+def sdist_package_name(drv_name: str, version: str) -> str | None:
+    """Map an sdist derivation name back to its package: `dagster_shared-1.13.27.tar.gz` -> `dagster-shared`."""
+    suffix = f"-{version}.tar.gz"
+    if not drv_name.endswith(suffix):
+        return None
+    return drv_name.removesuffix(suffix).replace("_", "-").lower()
+
+
+def _messages(stderr: str) -> list[NixMessage]:
+    out = []
+    for line in stderr.splitlines():
+        event = parse_line(line)
+        if isinstance(event, NixMessage):
+            out.append(NixMessage(event.level, strip_ansi(event.msg)))
+    return out
+
+
+_BUILDER_FAILED_RE = re.compile(r"builder for '(?P<drv>[^']+)' failed")
+
+
+def _errors(stderr: str, log_tail: int = 15) -> list[str]:
+    """Nix's error messages, each failed builder's followed by the last lines of its log."""
+    drv_of: dict[int, str] = {}
+    logs: dict[str, list[str]] = {}
+    errors: list[str] = []
+    for line in stderr.splitlines():
+        event = parse_line(line)
+        if isinstance(event, ActivityStarted) and event.drv_path:
+            drv_of[event.id] = event.drv_path
+        elif isinstance(event, BuildLogLine) and event.id in drv_of:
+            logs.setdefault(drv_of[event.id], []).append(strip_ansi(event.line))
+        elif isinstance(event, NixMessage) and event.level == 0:
+            errors.append(strip_ansi(event.msg))
+    if errors:
+        out = []
+        for error in errors:
+            out.append(error)
+            m = _BUILDER_FAILED_RE.search(error)
+            if m and "last " not in error:
+                out.extend(f"  > {line}" for line in logs.get(m["drv"], [])[-log_tail:])
+        return out
+    plain = [strip_ansi(line) for line in stderr.splitlines() if not line.startswith("@nix ")]
+    return plain[-20:]
+
+
+@dataclass(frozen=True)
+class UpdateSettings:
+    """Where the repository and the package set are, and how to drive Nix.
+
+    Attributes:
+        repo_dir: The git checkout holding `nix/`.
+        nix_dir: The package set directory, relative to `repo_dir`.
+        nix_args: `--argstr` arguments of the package set (besides `source`, which the update sets).
+        nix_executable: The `nix` command; `nix-instantiate` and `nix-store` are looked up next to it.
+        nix_config: Put in `NIX_CONFIG` of every Nix call.
+        source_attr: The attribute of the source.
+        lock_python: Interpreter running `nix/bootstrap/lock.py` in release updates.
+        pip_args: Extra pip arguments for the release lookup (e.g. `--no-index --find-links DIR`).
+        run_version_checks: Run every `bin/*` of the rebuilt packages with `--version`.
+        checks: Further checks, called with the rebuilt attributes and their out paths; raise to fail.
+        timeout_seconds: Limit of each Nix/lock command.
+        author: `Name <email>` of the commit when git has no identity configured.
+    """
+
+    repo_dir: Path
+    nix_dir: str = "nix"
+    nix_args: Mapping[str, str] = field(default_factory=lambda: {"scope": "bootstrap"})
+    nix_executable: str = "nix"
+    nix_config: str = DEFAULT_NIX_CONFIG
+    source_attr: str = "dagster-src"
+    lock_python: str = "/usr/bin/python3"
+    pip_args: Sequence[str] = ()
+    run_version_checks: bool = True
+    checks: Sequence[Callable[[Mapping[str, Sequence[str]]], None]] = ()
+    timeout_seconds: float = 3600
+    author: str = "dagster-nix-builder <dagster-nix-builder@localhost>"
+
+    @property
+    def pins_path(self) -> Path:
+        return Path(self.repo_dir) / self.nix_dir / "pins.json"
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    """What an update did.
+
+    Attributes:
+        mode: `git` or `release`.
+        old: The previous rev/version (`none` when there was none).
+        new: The new rev/version.
+        commit: The commit made, or None when the pins already matched (nothing to do).
+        changed_files: Repository-relative paths the commit contains.
+        hashes: The hashes written (`dagster-src` in git mode, one per sdist in release mode).
+        built: Attribute -> out paths of what was rebuilt (the source and everything downstream).
+        checks: One line per check that passed.
+    """
+
+    mode: str
+    old: str
+    new: str
+    commit: str | None
+    changed_files: tuple[str, ...] = ()
+    hashes: Mapping[str, str] = field(default_factory=dict)
+    built: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    checks: tuple[str, ...] = ()
+
+
+@dataclass
+class _Proc:
+    cmd: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _run(
+    cmd: Sequence[str], *, env: Mapping[str, str] | None, timeout: float, cwd: Path | None = None
+) -> _Proc:
+    """Run a command, killing it cleanly (SIGTERM, wait, SIGKILL) on timeout or interrupt."""
+    logger.info("running %s", shlex.join(cmd))
+    proc = subprocess.Popen(
+        list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        _stop(proc)
+        raise
+    return _Proc(list(cmd), proc.returncode, out, err)
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+class Updater:
+    """Runs one update of the pins in a repository.
+
+    Args:
+        settings: Where and how.
+        log: Progress messages go here (a Dagster `context.log.info` for instance).
+    """
+
+    def __init__(self, settings: UpdateSettings, log: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.log = log or logger.info
+        self.repo_dir = Path(settings.repo_dir).resolve()
+        self._originals: dict[Path, bytes | None] = {}
+        self._journal_active = False
+
+    # -- public --------------------------------------------------------------------------------------
+
+    def update_git(self, rev: str) -> UpdateResult:
+        """Pin the git source to `rev` (git mode), rebuild, check and commit."""
+        return self._update("git", rev)
+
+    def update_release(self, version: str) -> UpdateResult:
+        """Pin the release source to `version` (release mode), rebuild, check and commit."""
+        return self._update("release", version)
+
+    # -- the workflow --------------------------------------------------------------------------------
+
+    def _update(self, mode: str, target: str) -> UpdateResult:
+        step = UpdateStep.PREFLIGHT
+        try:
+            repo = self._open_repo()
+            edited = [self._rel(self.settings.pins_path)]
+            if mode == "release" and self._lock_script().exists():
+                edited.append(self._rel(self._wheels_path()))
+            self._recover_interrupted_run()
+            self._refuse_dirty(repo, edited)
+            for path in edited:
+                for tmp in remove_stale_temp_files(self.repo_dir / path):
+                    self.log(f"removed {self._rel(tmp)} left by a killed write")
+            pins = self._read_pins()
+            old = (pins.git.rev or "none") if mode == "git" else pins.release.version
+            if pins.source != mode:
+                self.log(
+                    f"note: pins select source {pins.source!r}; updating the {mode} pin leaves that as is"
+                )
+
+            step = UpdateStep.RESOLVE
+            target = self._resolve(mode, target)
+            if mode == "git" and pins.git.rev == target and pins.git.hash:
+                self.log(f"dagster-src already pinned to {target}; nothing to do")
+                return UpdateResult(mode, old, target, None)
+            if mode == "release" and pins.release.version == target:
+                self.log(f"dagster-src already pinned to release {target}; nothing to do")
+                return UpdateResult(mode, old, target, None)
+
+            step = UpdateStep.WRITE
+            self._begin_journal()
+            if mode == "git":
+                fake = pins.with_git(rev=target, hash=FAKE_HASH)
+            else:
+                fake = pins.with_release(version=target, hashes={p: FAKE_HASH for p in RELEASE_PACKAGES})
+            self._write(self.settings.pins_path, render_pins(fake))
+
+            if mode == "release" and self._lock_script().exists():
+                step = UpdateStep.LOCK
+                self._regenerate_lock(target)
+
+            step = UpdateStep.HASH
+            hashes = self._discover_hashes(mode, target)
+
+            step = UpdateStep.WRITE_HASH
+            if mode == "git":
+                final = fake.with_git(hash=hashes[self.settings.source_attr])
+            else:
+                final = fake.with_release(hashes={p: hashes[p] for p in RELEASE_PACKAGES})
+            self._write(self.settings.pins_path, render_pins(final))
+
+            step = UpdateStep.BUILD
+            built = self._build_downstream(mode)
+
+            step = UpdateStep.CHECK
+            checks = self._check(built)
+
+            step = UpdateStep.COMMIT
+            changed = self._changed_files(repo, edited)
+            message = f"dagster-src: {old} -> {target}"
+            sha = self._commit(repo, changed, message, mode, hashes, built)
+            self._end_journal()
+            self._originals.clear()
+            self.log(f"committed {sha[:12]} {message!r} ({', '.join(changed)})")
+            return UpdateResult(mode, old, target, sha, tuple(changed), hashes, built, tuple(checks))
+        except UpdateError as e:
+            e.restored = self._restore()
+            raise
+        except (PinsError, git_upstream.UpstreamError, OSError, git.GitError, ValueError) as e:
+            err = UpdateError(step, f"{type(e).__name__}: {e}")
+            err.restored = self._restore()
+            raise err from e
+        except BaseException:
+            # Interrupted (run terminated, Ctrl-C): leave the files as they were, then let it propagate.
+            self._restore()
+            raise
+
+    # -- steps ---------------------------------------------------------------------------------------
+
+    def _open_repo(self) -> git.Repo:
+        try:
+            return git.Repo(self.repo_dir)
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError) as e:
+            raise UpdateError(UpdateStep.PREFLIGHT, f"{self.repo_dir} is not a git checkout") from e
+
+    def _refuse_dirty(self, repo: git.Repo, paths: Sequence[str]) -> None:
+        # Porcelain status covers staged, unstaged and untracked changes of exactly these paths.
+        out = repo.git.status("--porcelain=v1", "--untracked-files=all", "--", *paths)
+        dirty = sorted({line[3:].strip() for line in out.splitlines() if line.strip()})
+        if dirty:
+            raise DirtyFilesError(dirty)
+
+    def _read_pins(self) -> Pins:
+        try:
+            return parse_pins(self.settings.pins_path.read_bytes())
+        except FileNotFoundError as e:
+            raise UpdateError(
+                UpdateStep.PREFLIGHT, f"no pin file at {self._rel(self.settings.pins_path)}"
+            ) from e
+
+    def _resolve(self, mode: str, target: str) -> str:
+        if mode == "git":
+            return validate_rev(target)
+        version = validate_version(target)
+        missing = git_upstream.missing_sdists(version, pip_args=self.settings.pip_args)
+        if missing:
+            raise UpdateError(
+                UpdateStep.RESOLVE,
+                f"release {version} is not complete on the package index: no sdist for {', '.join(missing)}",
+            )
+        return version
+
+    def _regenerate_lock(self, version: str) -> None:
+        cmd = [
+            self.settings.lock_python, str(self._lock_script()),
+            "--dagster-version", version, "--output", str(self._wheels_path()),
+        ]  # fmt: skip
+        self._remember(self._wheels_path())
+        proc = _run(cmd, env=None, timeout=self.settings.timeout_seconds, cwd=self.repo_dir)
+        if proc.returncode != 0:
+            raise UpdateError(
+                UpdateStep.LOCK,
+                f"{self._rel(self._lock_script())} failed with exit code {proc.returncode}",
+                proc.stderr.strip().splitlines()[-20:],
+            )
+
+    def _discover_hashes(self, mode: str, target: str) -> dict[str, str]:
+        proc = self._nix_build([self.settings.source_attr], mode)
+        mismatches = parse_hash_mismatches(proc.stderr)
+        if proc.returncode == 0 and not mismatches:
+            raise UpdateError(UpdateStep.HASH, "Nix accepted the fake hash: the source is not fixed-output?")
+        if mode == "git":
+            got = [m for m in mismatches if m.specified == FAKE_HASH]
+            if len(got) != 1:
+                raise UpdateError(
+                    UpdateStep.HASH,
+                    f"expected Nix to report one hash mismatch for {self.settings.source_attr}, "
+                    f"got {len(got)}: the rev could not be fetched or the source failed to build",
+                    _errors(proc.stderr),
+                )
+            self.log(f"{self.settings.source_attr}: {got[0].got}")
+            return {self.settings.source_attr: validate_sri_hash(got[0].got)}
+        hashes: dict[str, str] = {}
+        for m in mismatches:
+            package = sdist_package_name(m.drv_name, target)
+            if package in RELEASE_PACKAGES and m.specified == FAKE_HASH:
+                hashes[package] = validate_sri_hash(m.got)
+                self.log(f"{package} {target}: {m.got}")
+        missing = [p for p in RELEASE_PACKAGES if p not in hashes]
+        if missing:
+            raise UpdateError(
+                UpdateStep.HASH,
+                f"Nix reported no hash for the sdists of {', '.join(missing)} {target}",
+                _errors(proc.stderr),
+            )
+        return hashes
+
+    def _build_downstream(self, mode: str) -> dict[str, tuple[str, ...]]:
+        attrs = [self.settings.source_attr, *self._downstream_attrs(mode)]
+        self.log(f"rebuilding {', '.join(attrs)}")
+        proc = self._nix_build(attrs, mode, json_out=True)
+        if proc.returncode != 0:
+            raise UpdateError(
+                UpdateStep.BUILD,
+                f"rebuilding {', '.join(attrs)} failed (exit {proc.returncode})",
+                _errors(proc.stderr),
+            )
+        results = json.loads(proc.stdout or "[]")
+        built: dict[str, tuple[str, ...]] = {}
+        for attr, result in zip(attrs, results, strict=False):
+            built[attr] = tuple(result.get("outputs", {}).values())
+        return built
+
+    def _downstream_attrs(self, mode: str) -> list[str]:
+        """Attributes of the set whose derivation depends on the source's, asked from Nix."""
+        drvs = self._drv_paths(mode)
+        source_drv = drvs.get(self.settings.source_attr)
+        if not source_drv:
+            raise UpdateError(
+                UpdateStep.BUILD, f"the package set has no attribute {self.settings.source_attr}"
+            )
+        proc = _run(
+            [self._nix_tool("nix-store"), "--query", "--referrers-closure", source_drv],
+            env=self._env(), timeout=self.settings.timeout_seconds,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise UpdateError(
+                UpdateStep.BUILD, "nix-store --query --referrers-closure failed", _errors(proc.stderr)
+            )
+        referrers = set(proc.stdout.split())
+        return sorted(a for a, d in drvs.items() if d in referrers and a != self.settings.source_attr)
+
+    def _drv_paths(self, mode: str) -> dict[str, str]:
+        cmd = [
+            self._nix_tool("nix-instantiate"), "--eval", "--strict", "--json", "--read-write-mode",
+            "--expr", _DRV_PATHS_EXPR, "--arg", "nixDir", str(self.repo_dir / self.settings.nix_dir),
+            *self._nix_arg_flags(mode),
+        ]  # fmt: skip
+        proc = _run(cmd, env=self._env(), timeout=self.settings.timeout_seconds)
+        if proc.returncode != 0:
+            raise UpdateError(UpdateStep.BUILD, "evaluating the package set failed", _errors(proc.stderr))
+        return {k: v for k, v in json.loads(proc.stdout).items() if v}
+
+    def _check(self, built: Mapping[str, Sequence[str]]) -> list[str]:
+        passed: list[str] = []
+        if self.settings.run_version_checks:
+            for attr, outs in built.items():
+                for out in outs:
+                    bindir = Path(out) / "bin"
+                    if not bindir.is_dir():
+                        continue
+                    for exe in sorted(bindir.iterdir()):
+                        if not os.access(exe, os.X_OK):
+                            continue
+                        proc = _run([str(exe), "--version"], env=_clean_env(), timeout=120)
+                        if proc.returncode != 0:
+                            raise UpdateError(
+                                UpdateStep.CHECK,
+                                f"{attr}: `{exe.name} --version` exited with {proc.returncode}",
+                                (proc.stderr or proc.stdout).strip().splitlines()[-20:],
+                            )
+                        first = (proc.stdout or proc.stderr).strip().splitlines()[:1]
+                        passed.append(f"{attr}: {exe.name} --version: {first[0] if first else ''}")
+        for check in self.settings.checks:
+            try:
+                check(built)
+            except Exception as e:  # a check's own failure, whatever its type, fails this step
+                raise UpdateError(UpdateStep.CHECK, f"{getattr(check, '__name__', check)}: {e}") from e
+            passed.append(f"{getattr(check, '__name__', check)}: ok")
+        for line in passed:
+            self.log(f"check passed: {line}")
+        return passed
+
+    def _changed_files(self, repo: git.Repo, paths: Sequence[str]) -> list[str]:
+        out = repo.git.status("--porcelain=v1", "--untracked-files=all", "--", *paths)
+        return sorted({line[3:].strip() for line in out.splitlines() if line.strip()})
+
+    def _commit(
+        self,
+        repo: git.Repo,
+        paths: Sequence[str],
+        message: str,
+        mode: str,
+        hashes: Mapping[str, str],
+        built: Mapping[str, Sequence[str]],
+    ) -> str:
+        body = "\n".join(
+            [f"source: {mode}", *(f"{k}: {v}" for k, v in hashes.items()), f"rebuilt: {', '.join(built)}"]
+        )
+        name, _, email = self.settings.author.partition(" <")
+        env = {}
+        if not _git_identity(repo):
+            env = {
+                "GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email.rstrip(">"),
+                "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email.rstrip(">"),
+            }  # fmt: skip
+        # Others may be committing in the same checkout: retry while their index.lock exists.
+        for attempt in range(30):
+            try:
+                repo.git.add("--", *paths)
+                # `commit -- PATHS` commits only these paths, whatever else is staged.
+                repo.git.commit("--no-verify", "-m", f"{message}\n\n{body}", "--", *paths, env=env)
+                return repo.head.commit.hexsha
+            except git.GitCommandError as e:
+                if "index.lock" in str(e) and attempt < 29:
+                    time.sleep(1)
+                    continue
+                raise UpdateError(UpdateStep.COMMIT, "git commit failed", [str(e)]) from e
+        raise AssertionError("unreachable")
+
+    # -- files ---------------------------------------------------------------------------------------
+
+    def _remember(self, path: Path) -> None:
+        if path not in self._originals:
+            self._originals[path] = path.read_bytes() if path.exists() else None
+            self._save_journal()
+
+    def _write(self, path: Path, data: bytes) -> None:
+        self._remember(path)
+        atomic_write_bytes(path, data)
+
+    def _restore(self) -> list[str]:
+        restored = []
+        for path, original in self._originals.items():
+            current = path.read_bytes() if path.exists() else None
+            if current == original:
+                continue
+            if original is None:
+                path.unlink(missing_ok=True)
+            else:
+                atomic_write_bytes(path, original)
+            restored.append(self._rel(path))
+            self.log(f"restored {self._rel(path)}")
+        self._originals.clear()
+        self._end_journal()
+        return sorted(restored)
+
+    # A journal in .git/ holds the original bytes while files are edited, so that a run killed before it
+    # could restore them is undone by the next run instead of leaving the files edited.
+    def _journal_path(self) -> Path:
+        return Path(git.Repo(self.repo_dir).git_dir) / JOURNAL_NAME
+
+    def _begin_journal(self) -> None:
+        self._journal_active = True
+        self._save_journal()
+
+    def _save_journal(self) -> None:
+        data = {
+            "pid": os.getpid(),
+            "files": {
+                self._rel(p): None if b is None else base64.b64encode(b).decode()
+                for p, b in self._originals.items()
+            },
+        }
+        atomic_write_bytes(self._journal_path(), (json.dumps(data, indent=2) + "\n").encode())
+
+    def _end_journal(self) -> None:
+        if self._journal_active:
+            self._journal_path().unlink(missing_ok=True)
+            self._journal_active = False
+
+    def _recover_interrupted_run(self) -> None:
+        journal = self._journal_path()
+        if not journal.exists():
+            return
+        data = json.loads(journal.read_bytes())
+        pid = data.get("pid")
+        if isinstance(pid, int) and pid != os.getpid() and _alive(pid):
+            raise UpdateError(UpdateStep.PREFLIGHT, f"another update (pid {pid}) is running in this checkout")
+        for rel, b64 in data.get("files", {}).items():
+            path = self.repo_dir / rel
+            original = None if b64 is None else base64.b64decode(b64)
+            current = path.read_bytes() if path.exists() else None
+            if current != original:
+                if original is None:
+                    path.unlink(missing_ok=True)
+                else:
+                    atomic_write_bytes(path, original)
+                self.log(f"restored {rel} left edited by an interrupted update")
+        journal.unlink(missing_ok=True)
+
+    # -- helpers -------------------------------------------------------------------------------------
+
+    def _rel(self, path: Path) -> str:
+        return Path(path).resolve().relative_to(self.repo_dir).as_posix()
+
+    def _lock_script(self) -> Path:
+        return self.repo_dir / LOCK_SCRIPT_RELATIVE_PATH
+
+    def _wheels_path(self) -> Path:
+        return self.repo_dir / WHEELS_LOCK_RELATIVE_PATH
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["NIX_CONFIG"] = "\n".join(filter(None, [env.get("NIX_CONFIG", ""), self.settings.nix_config]))
+        return env
+
+    def _nix_tool(self, name: str) -> str:
+        exe = Path(self.settings.nix_executable)
+        return str(exe.with_name(name)) if exe.parent != Path(".") else name
+
+    def _nix_arg_flags(self, mode: str) -> list[str]:
+        flags: list[str] = []
+        for k, v in {**self.settings.nix_args, "source": mode}.items():
+            flags += ["--argstr", k, v]
+        return flags
+
+    def _nix_build(self, attrs: Sequence[str], mode: str, *, json_out: bool = False) -> _Proc:
+        cmd = [
+            self.settings.nix_executable, "--log-format", "internal-json", "build",
+            "-f", str(self.repo_dir / self.settings.nix_dir), *self._nix_arg_flags(mode),
+            "--no-link", "--keep-going", *(["--json"] if json_out else []), *attrs,
+        ]  # fmt: skip
+        return _run(cmd, env=self._env(), timeout=self.settings.timeout_seconds)
+
+
+def _git_identity(repo: git.Repo) -> bool:
+    reader = repo.config_reader()
+    return reader.has_option("user", "name") and reader.has_option("user", "email")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _clean_env() -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8"}
+
+
+def update(
+    settings: UpdateSettings,
+    *,
+    rev: str | None = None,
+    version: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> UpdateResult:
+    """Run one update: give `rev` for the git source, or `version` for a release.
+
+    Raises:
+        UpdateError: Naming the failed step; the files are then as they were before.
+        ValueError: If neither or both of `rev` and `version` are given.
+    """
+    if (rev is None) == (version is None):
+        raise ValueError("give exactly one of rev (git mode) or version (release mode)")
+    updater = Updater(settings, log=log)
+    return updater.update_git(rev) if rev is not None else updater.update_release(version or "")
+
+
+def file_digest(path: Path | str) -> str:
+    """sha256 of a file's bytes (tests and logs compare files with it)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -1,0 +1,246 @@
+"""The update workflow, end to end with real git and the real Nix on a small package set."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from upstream_repo import (
+    BROKEN_MODULE,
+    FAILING_VERSION_MODULE,
+    GOOD_MODULE,
+    NIX_CONFIG,
+    Upstream,
+    clone_project,
+    git,
+    make_project,
+    snapshot,
+    world_readable_tmpdir,
+)
+
+from dagster_nix_builder.pins import FAKE_HASH, read_pins, stale_temp_files
+from dagster_nix_builder.update import (
+    JOURNAL_NAME,
+    DirtyFilesError,
+    UpdateError,
+    UpdateSettings,
+    UpdateStep,
+    parse_hash_mismatches,
+    sdist_package_name,
+    update,
+)
+
+pytestmark = pytest.mark.skipif(shutil.which("nix") is None, reason="needs the nix CLI")
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[dict]:
+    root = world_readable_tmpdir("dnb-update-")
+    upstream = Upstream(root)
+    rev1 = upstream.push({"dagster.py": GOOD_MODULE.format(version="1.0")}, "one")
+    base = make_project(root, upstream)
+    result = update(settings(base), rev=rev1)
+    assert result.old == "none" and result.new == rev1
+    yield {"root": root, "upstream": upstream, "base": base, "rev1": rev1}
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def settings(repo: Path, **kw) -> UpdateSettings:
+    return UpdateSettings(repo_dir=repo, nix_config=NIX_CONFIG, **kw)
+
+
+@pytest.fixture
+def project(world: dict) -> Path:
+    return clone_project(world["base"], world["root"])
+
+
+def assert_untouched(repo: Path, before: dict[str, bytes], head: str) -> None:
+    assert snapshot(repo) == before, "files under nix/ changed"
+    assert git(repo, "rev-parse", "HEAD") == head, "a commit was made"
+    assert git(repo, "status", "--porcelain") == ""
+    assert not (repo / ".git" / JOURNAL_NAME).exists()
+
+
+def test_update_commits_exactly_the_changed_file(world: dict, project: Path) -> None:
+    rev2 = world["upstream"].push({"dagster.py": GOOD_MODULE.format(version="2.0")}, "two")
+    # Someone else's staged work must not end up in the update's commit.
+    (project / "README.md").write_text("staged by someone else\n")
+    git(project, "add", "README.md")
+    old_hash = read_pins(project / "nix" / "pins.json").git.hash
+    logs: list[str] = []
+
+    result = update(settings(project), rev=rev2, log=logs.append)
+
+    assert result.commit == git(project, "rev-parse", "HEAD")
+    assert git(project, "log", "-1", "--format=%s") == f"dagster-src: {world['rev1']} -> {rev2}"
+    assert git(project, "show", "--name-only", "--format=", "HEAD").split() == ["nix/pins.json"]
+    assert result.changed_files == ("nix/pins.json",)
+    pins = read_pins(project / "nix" / "pins.json")
+    assert pins.git.rev == rev2 and pins.git.hash not in (None, FAKE_HASH, old_hash)
+    assert result.hashes == {"dagster-src": pins.git.hash}
+    # The source and everything downstream were rebuilt; the unrelated package was not needed.
+    assert sorted(result.built) == ["dagster-cli", "dagster-lib", "dagster-src"]
+    assert any("dagster --version: dagster 2.0" in c for c in result.checks)
+    assert git(project, "diff", "--cached", "--name-only") == "README.md"
+    assert (project / "nix" / "pins.json").read_text().endswith("}\n")
+    assert not stale_temp_files(project / "nix" / "pins.json")
+
+
+def test_same_rev_is_a_no_op(world: dict, project: Path) -> None:
+    head = git(project, "rev-parse", "HEAD")
+    result = update(settings(project), rev=world["rev1"])
+    assert result.commit is None
+    assert git(project, "rev-parse", "HEAD") == head
+
+
+def test_refuses_when_pins_have_uncommitted_changes(world: dict, project: Path) -> None:
+    pins = project / "nix" / "pins.json"
+    pins.write_bytes(pins.read_bytes() + b"\n")  # a user's edit in progress
+    before, head = snapshot(project), git(project, "rev-parse", "HEAD")
+    rev = world["upstream"].push({"dagster.py": GOOD_MODULE.format(version="3.0")}, "three")
+
+    with pytest.raises(DirtyFilesError) as info:
+        update(settings(project), rev=rev)
+
+    assert info.value.files == ["nix/pins.json"]
+    assert "nix/pins.json" in str(info.value)
+    assert snapshot(project) == before and git(project, "rev-parse", "HEAD") == head
+
+
+@pytest.mark.parametrize("rev", ["abc", "g" * 40, "-" + "a" * 39, "HEAD"])
+def test_invalid_rev_is_refused_before_any_write(project: Path, rev: str) -> None:
+    before, head = snapshot(project), git(project, "rev-parse", "HEAD")
+    with pytest.raises(UpdateError) as info:
+        update(settings(project), rev=rev)
+    assert info.value.step is UpdateStep.RESOLVE
+    assert_untouched(project, before, head)
+
+
+def test_rev_missing_upstream_fails_hash_discovery(project: Path) -> None:
+    before, head = snapshot(project), git(project, "rev-parse", "HEAD")
+    with pytest.raises(UpdateError) as info:
+        update(settings(project), rev="0123456789abcdef0123456789abcdef01234567")
+    assert info.value.step is UpdateStep.HASH
+    assert info.value.messages, "Nix's own error is reported"
+    assert info.value.restored == ["nix/pins.json"]
+    assert_untouched(project, before, head)
+
+
+def test_unreachable_upstream_fails_hash_discovery(world: dict, project: Path) -> None:
+    pins_path = project / "nix" / "pins.json"
+    data = json.loads(pins_path.read_text())
+    data["git"]["url"] = str(world["root"] / "no-such-repository.git")
+    pins_path.write_text(json.dumps(data, indent=2) + "\n")
+    git(project, "commit", "-q", "-am", "point at a missing upstream")
+    before, head = snapshot(project), git(project, "rev-parse", "HEAD")
+    rev = world["upstream"].push({"dagster.py": GOOD_MODULE.format(version="4.0")}, "four")
+
+    with pytest.raises(UpdateError) as info:
+        update(settings(project), rev=rev)
+
+    assert info.value.step is UpdateStep.HASH
+    assert_untouched(project, before, head)
+
+
+def test_downstream_build_failure_restores_files(world: dict, project: Path) -> None:
+    rev = world["upstream"].push({"dagster.py": BROKEN_MODULE}, "break the module")
+    before, head = snapshot(project), git(project, "rev-parse", "HEAD")
+
+    with pytest.raises(UpdateError) as info:
+        update(settings(project), rev=rev)
+
+    assert info.value.step is UpdateStep.BUILD
+    assert "dagster-lib" in str(info.value)
+    assert "SyntaxError" in "\n".join(info.value.messages)
+    assert_untouched(project, before, head)
+
+
+def test_check_failure_restores_files(world: dict, project: Path) -> None:
+    rev = world["upstream"].push({"dagster.py": FAILING_VERSION_MODULE}, "--version exits 3")
+    before, head = snapshot(project), git(project, "rev-parse", "HEAD")
+
+    with pytest.raises(UpdateError) as info:
+        update(settings(project), rev=rev)
+
+    assert info.value.step is UpdateStep.CHECK
+    assert "dagster --version" in info.value.reason
+    assert_untouched(project, before, head)
+
+
+def test_custom_check_failure_restores_files(world: dict, project: Path) -> None:
+    rev = world["upstream"].push({"dagster.py": GOOD_MODULE.format(version="5.0")}, "five")
+    before, head = snapshot(project), git(project, "rev-parse", "HEAD")
+    seen: list[str] = []
+
+    def no_cli(built: dict) -> None:
+        seen.extend(built)
+        raise RuntimeError("dagster-cli must not be built")
+
+    with pytest.raises(UpdateError) as info:
+        update(settings(project, checks=[no_cli]), rev=rev)
+
+    assert info.value.step is UpdateStep.CHECK and "no_cli" in info.value.reason
+    assert "dagster-cli" in seen
+    assert_untouched(project, before, head)
+
+
+_RUN_UPDATE = """
+import sys
+from dagster_nix_builder.update import UpdateSettings, update
+update(UpdateSettings(repo_dir=sys.argv[1], nix_config=sys.argv[2]), rev=sys.argv[3])
+"""
+
+
+def test_killed_run_never_leaves_half_written_pins_and_is_undone_next_run(world: dict, project: Path) -> None:
+    pins_path = project / "nix" / "pins.json"
+    original = pins_path.read_bytes()
+    before, head = snapshot(project), git(project, "rev-parse", "HEAD")
+    rev = world["upstream"].push({"dagster.py": GOOD_MODULE.format(version="6.0")}, "six")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _RUN_UPDATE, str(project), NIX_CONFIG, rev], start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while pins_path.read_bytes() == original:
+            assert proc.poll() is None, "the update finished before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    # Killed mid-run: the pins are one whole version or the other, never a half-written file.
+    pins = read_pins(pins_path)
+    assert pins.git.rev == rev and pins.git.hash is not None
+    assert (project / ".git" / JOURNAL_NAME).exists()
+
+    # The next run undoes the interrupted edit first (so it is not refused as a user's edit), then updates.
+    logs: list[str] = []
+    result = update(settings(project), rev=rev, log=logs.append)
+    assert any("interrupted update" in line for line in logs)
+    assert result.commit is not None
+    assert git(project, "show", "--name-only", "--format=", "HEAD").split() == ["nix/pins.json"]
+    assert git(project, "rev-parse", "HEAD~1") == head
+    assert snapshot(project).keys() == before.keys()  # no temp file left behind
+    assert not (project / ".git" / JOURNAL_NAME).exists()
+
+
+def test_parse_hash_mismatches_reads_plain_and_json_output() -> None:
+    plain = (
+        "error: hash mismatch in fixed-output derivation '/nix/store/abc-dagster_shared-1.13.27.tar.gz.drv':\n"
+        "         specified: sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"
+        "            got:    sha256-CE+CPPZdOCaTKci11H3441vopfEBgnitwR7LDcEQu4U=\n"
+    )
+    (m,) = parse_hash_mismatches(plain)
+    assert m.got == "sha256-CE+CPPZdOCaTKci11H3441vopfEBgnitwR7LDcEQu4U="
+    assert sdist_package_name(m.drv_name, "1.13.27") == "dagster-shared"
+    as_json = "@nix " + json.dumps({"action": "msg", "level": 0, "msg": "\x1b[31;1merror:\x1b[0m " + plain})
+    assert parse_hash_mismatches("@nix {garbage\n" + as_json) == [m]
