@@ -1,0 +1,391 @@
+"""Asset checks on built packages: ``imports``, ``cli_version`` and the webserver ``smoke`` check.
+
+Each check runs against the store paths just built, never against the Python running Dagster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey, MetadataValue
+
+from .graph import NixPackage, NixPackageGraph
+
+if TYPE_CHECKING:
+    from dagster import AssetExecutionContext
+
+    from .invocation import PackageOutcome
+    from .resource import NixResource
+
+IMPORTS = "imports"
+CLI_VERSION = "cli_version"
+SMOKE = "smoke"
+WEBSERVER_EXECUTABLE = "dagster-webserver"
+SMOKE_TIMEOUT_S = 180.0
+CHECK_ENV_PATH = "/usr/bin:/bin"
+
+_IMPORT_SCRIPT = r"""
+import importlib, json, os, sys
+results = {}
+for name in json.loads(sys.argv[1]):
+    try:
+        module = importlib.import_module(name)
+    except ImportError as exc:
+        results[name] = {"ok": False, "missing": exc.name, "error": f"{type(exc).__name__}: {exc}"}
+        continue
+    except Exception as exc:
+        results[name] = {"ok": False, "missing": None, "error": f"{type(exc).__name__}: {exc}"}
+        continue
+    where = getattr(module, "__file__", None)
+    if where is None and module.__spec__ is not None and module.__spec__.submodule_search_locations:
+        where = list(module.__spec__.submodule_search_locations)[0]
+    real = os.path.realpath(where) if where else None
+    results[name] = {"ok": bool(real and real.startswith("/nix/store/")), "file": real, "missing": None,
+                     "error": None if real and real.startswith("/nix/store/") else f"{name} loaded from {real}"}
+print(json.dumps(results))
+"""
+
+
+def check_specs_for(package: NixPackage, asset_key: AssetKey) -> list[AssetCheckSpec]:
+    """The checks that apply to ``package``: every Python package (it has a ``dist`` output) gets
+    ``imports`` (blocking) and ``cli_version``; a package shipping ``dagster-webserver`` gets ``smoke``."""
+    if not package.is_python:
+        return []
+    specs = [
+        AssetCheckSpec(
+            IMPORTS,
+            asset=asset_key,
+            blocking=True,
+            description="In a clean interpreter given only the package's closure, every top-level module "
+            "imports and lies in the Nix store.",
+        ),
+    ]
+    if package.executables is None or package.executables:
+        specs.append(
+            AssetCheckSpec(
+                CLI_VERSION,
+                asset=asset_key,
+                description="Each executable in $out/bin answers --version with exit 0 and the expected version.",
+            )
+        )
+    if WEBSERVER_EXECUTABLE in _declared_executables(package):
+        specs.append(
+            AssetCheckSpec(
+                SMOKE,
+                asset=asset_key,
+                description="The built dagster-webserver starts on 127.0.0.1 against a tiny workspace and "
+                "answers /server_info and / with HTTP 200.",
+            )
+        )
+    return specs
+
+
+def _declared_executables(package: NixPackage) -> set[str]:
+    names = set(package.executables or ())
+    if package.main_program:
+        names.add(package.main_program)
+    if package.attr == WEBSERVER_EXECUTABLE or package.pname == WEBSERVER_EXECUTABLE:
+        names.add(WEBSERVER_EXECUTABLE)
+    return names
+
+
+def run_checks(
+    nix: NixResource,
+    graph: NixPackageGraph,
+    outcome: PackageOutcome,
+    asset_key: AssetKey | None,
+    context: AssetExecutionContext | None,
+) -> list[AssetCheckResult]:
+    """Run the checks selected in ``context`` for the package of ``outcome``."""
+    if context is None or asset_key is None:
+        return []
+    names = {k.name for k in context.selected_asset_check_keys if k.asset_key == asset_key}
+    package = outcome.package
+    results = []
+    if IMPORTS in names:
+        results.append(check_imports(nix, graph, package, asset_key))
+    if CLI_VERSION in names:
+        results.append(check_cli_version(package, asset_key))
+    if SMOKE in names:
+        results.append(check_webserver_smoke(package, asset_key))
+    for result in results:
+        log = context.log.info if result.passed else context.log.error
+        log(f"check {result.check_name} on {package.attr}: {'passed' if result.passed else 'FAILED'}"
+            + (f" - {result.description}" if result.description else ""))
+    return results
+
+
+# ---- imports ---------------------------------------------------------------------------------------
+
+
+def closure(nix: NixResource, path: str) -> list[str]:
+    """The runtime closure of a store path."""
+    return nix.run(nix.store_command("--query", "--requisites", path)).stdout.split()
+
+
+def site_packages(paths: Sequence[str]) -> list[str]:
+    """``lib/python3*/site-packages`` directories of ``paths``."""
+    return sorted(str(p) for path in paths for p in Path(path).glob("lib/python3*/site-packages") if p.is_dir())
+
+
+def top_level_modules(package: NixPackage) -> list[str]:
+    """Top-level modules of a package: ``top_level.txt``, else packages in site-packages, else the wheel's
+    RECORD."""
+    sites = site_packages([package.out_path] if package.out_path else [])
+    names: set[str] = set()
+    for site in sites:
+        for top_level in Path(site).glob("*.dist-info/top_level.txt"):
+            names.update(line.strip() for line in top_level.read_text().splitlines() if line.strip())
+    if not names:
+        for site in sites:
+            names.update(p.name for p in Path(site).iterdir() if (p / "__init__.py").is_file())
+    if not names and (wheel := wheel_path(package)):
+        with zipfile.ZipFile(wheel) as zf:
+            record = next((n for n in zf.namelist() if n.endswith(".dist-info/RECORD")), None)
+            if record:
+                for line in zf.read(record).decode().splitlines():
+                    first = line.split(",", 1)[0].split("/", 1)[0]
+                    if first and not first.endswith((".dist-info", ".data")):
+                        names.add(first.removesuffix(".py"))
+    return sorted(names)
+
+
+def wheel_path(package: NixPackage) -> str | None:
+    """The wheel in the package's ``dist`` output, if any."""
+    dist = package.outputs.get("dist")
+    if not dist or not Path(dist).is_dir():
+        return None
+    wheels = sorted(Path(dist).rglob("*.whl"))
+    return str(wheels[0]) if wheels else None
+
+
+def module_providers(graph: NixPackageGraph) -> dict[str, str]:
+    """Module name -> the Nix input providing it (``python3Packages.<name>`` from
+    ``bootstrap/wheels.json``, or an attribute of the set named like the module)."""
+    providers: dict[str, str] = {}
+    wheels = Path(graph.nix_dir) / "bootstrap" / "wheels.json"
+    if wheels.is_file():
+        try:
+            data = json.loads(wheels.read_text()).get("wheels", {})
+        except ValueError:
+            data = {}
+        for name, info in data.items():
+            for module in (info or {}).get("modules", []):
+                providers.setdefault(module, f"python3Packages.{name}")
+    for attr in graph:
+        providers.setdefault(attr.replace("-", "_"), f"the package-set attribute {attr!r}")
+    return providers
+
+
+def check_imports(nix: NixResource, graph: NixPackageGraph, package: NixPackage, key: AssetKey) -> AssetCheckResult:
+    """Import every top-level module with only the package's closure on the path."""
+    paths = closure(nix, package.out_path or "")
+    python = next((f"{p}/bin/python3" for p in paths if os.access(f"{p}/bin/python3", os.X_OK)), None)
+    modules = top_level_modules(package)
+    if python is None:
+        return _fail(IMPORTS, key, f"no bin/python3 in the closure of {package.out_path}")
+    if not modules:
+        return _fail(IMPORTS, key, f"found no top-level modules in {package.out_path}")
+    sites = site_packages(paths)
+    proc = subprocess.run(
+        [python, "-S", "-c", _IMPORT_SCRIPT, json.dumps(modules)],
+        env={"PYTHONPATH": os.pathsep.join(sites)},  # like `env -i`: nothing else leaks in
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    try:
+        results = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return _fail(IMPORTS, key, f"import script failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    bad = {m: r for m, r in results.items() if not r["ok"]}
+    metadata = {
+        "modules": MetadataValue.json(sorted(results)),
+        "python": MetadataValue.path(python),
+        "pythonpath": MetadataValue.json(sites),
+    }
+    if not bad:
+        return AssetCheckResult(check_name=IMPORTS, asset_key=key, passed=True, metadata=metadata)
+    providers = module_providers(graph)
+    reasons = []
+    for module, result in sorted(bad.items()):
+        reason = f"{module}: {result['error']}"
+        missing = result.get("missing")
+        if missing:
+            top = missing.split(".")[0]
+            provider = providers.get(top)
+            reason += (
+                f"; module {top!r} is provided by {provider}, which is missing from the closure"
+                if provider
+                else f"; no known Nix input provides module {top!r}"
+            )
+        reasons.append(reason)
+    return _fail(IMPORTS, key, "; ".join(reasons), metadata)
+
+
+# ---- cli_version -----------------------------------------------------------------------------------
+
+
+def executables(package: NixPackage) -> list[str]:
+    """Executables of the package: ``executables``/``meta.mainProgram`` if declared, else ``$out/bin/*``."""
+    bindir = Path(package.out_path or "/nonexistent") / "bin"
+    declared = sorted(_declared_executables(package) & {p.name for p in bindir.iterdir()}) if bindir.is_dir() else []
+    if declared and package.executables:
+        return [str(bindir / n) for n in declared]
+    if not bindir.is_dir():
+        return []
+    return sorted(str(p) for p in bindir.iterdir() if os.access(p, os.X_OK) and not p.name.startswith("."))
+
+
+def _check_env(home: str) -> dict[str, str]:
+    return {"PATH": CHECK_ENV_PATH, "HOME": home, "LANG": "C.UTF-8"}
+
+
+def check_cli_version(package: NixPackage, key: AssetKey) -> AssetCheckResult:
+    """Each executable's ``--version`` exits 0 and prints the package version."""
+    exes = executables(package)
+    expected = package.version or ""
+    if not exes:
+        return AssetCheckResult(
+            check_name=CLI_VERSION, asset_key=key, passed=True,
+            description=f"no executables in {package.out_path}/bin", metadata={"executables": 0},
+        )
+    problems = []
+    outputs = {}
+    with tempfile.TemporaryDirectory(prefix="nix-cli-check-") as home:
+        for exe in exes:
+            try:
+                proc = subprocess.run(
+                    [exe, "--version"], env=_check_env(home), capture_output=True, text=True,
+                    timeout=120, check=False,
+                )
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                problems.append(f"{Path(exe).name}: {exc}")
+                continue
+            text = (proc.stdout + proc.stderr).strip()
+            outputs[Path(exe).name] = text[-300:]
+            if proc.returncode != 0:
+                problems.append(f"{Path(exe).name} --version exited {proc.returncode}: {text[-300:]}")
+            elif expected and expected not in text:
+                problems.append(f"{Path(exe).name} --version printed {text[-200:]!r}, expected version {expected}")
+    metadata = {"executables": len(exes), "output": MetadataValue.json(outputs), "expected_version": expected}
+    if problems:
+        return _fail(CLI_VERSION, key, "; ".join(problems), metadata)
+    return AssetCheckResult(check_name=CLI_VERSION, asset_key=key, passed=True, metadata=metadata)
+
+
+# ---- webserver smoke -------------------------------------------------------------------------------
+
+_SMOKE_DEFS = """\
+from dagster import Definitions, asset
+
+
+@asset
+def smoke_asset():
+    return 1
+
+
+defs = Definitions(assets=[smoke_asset])
+"""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 5.0) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def check_webserver_smoke(
+    package: NixPackage, key: AssetKey, timeout: float = SMOKE_TIMEOUT_S
+) -> AssetCheckResult:
+    """Start the built ``dagster-webserver`` on a free port against a tiny workspace; expect HTTP 200 from
+    ``/server_info`` and ``/``."""
+    exe = Path(package.out_path or "/nonexistent") / "bin" / WEBSERVER_EXECUTABLE
+    if not exe.exists():
+        return _fail(SMOKE, key, f"{exe} does not exist")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory(prefix="nix-webserver-smoke-") as tmp:
+        (Path(tmp) / "defs.py").write_text(_SMOKE_DEFS)
+        (Path(tmp) / "workspace.yaml").write_text("load_from:\n  - python_file: defs.py\n")
+        (Path(tmp) / "home").mkdir()
+        env = {**_check_env(tmp), "DAGSTER_HOME": str(Path(tmp) / "home")}
+        log_path = Path(tmp) / "webserver.log"
+        started = time.monotonic()
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [str(exe), "-h", "127.0.0.1", "-p", str(port), "-w", "workspace.yaml"],
+                cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        statuses: dict[str, int] = {}
+        try:
+            while time.monotonic() - started < timeout and proc.poll() is None:
+                try:
+                    statuses["/server_info"] = _get(base + "/server_info")
+                    if statuses["/server_info"] == 200:
+                        statuses["/"] = _get(base + "/")
+                        break
+                except (OSError, urllib.error.URLError):
+                    pass
+                time.sleep(0.5)
+        finally:
+            _stop_group(proc)
+        seconds = round(time.monotonic() - started, 3)
+        log_tail = log_path.read_text(errors="replace")[-3000:]
+    metadata = {
+        "port": port,
+        "statuses": MetadataValue.json(statuses),
+        "startup_seconds": MetadataValue.float(seconds),
+    }
+    if statuses.get("/server_info") == 200 and statuses.get("/") == 200:
+        return AssetCheckResult(check_name=SMOKE, asset_key=key, passed=True, metadata=metadata)
+    metadata["log_tail"] = MetadataValue.md(f"```\n{log_tail}\n```")
+    return _fail(SMOKE, key, f"webserver did not answer 200 on /server_info and / within {timeout}s "
+                 f"(got {statuses or 'no answer'}; exit {proc.returncode})", metadata)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def _fail(name: str, key: AssetKey, description: str, metadata: dict | None = None) -> AssetCheckResult:
+    return AssetCheckResult(
+        check_name=name,
+        asset_key=key,
+        passed=False,
+        severity=AssetCheckSeverity.ERROR,
+        description=description,
+        metadata={**(metadata or {}), "error": MetadataValue.text(description)},
+    )

@@ -1,0 +1,41 @@
+# Asks Nix for the package graph of a package-set directory (see graph.py).
+# Attributes of <dir>/default.nix are the packages; the formal arguments of <dir>/packages/<attr>.nix
+# that name other attributes are its dependencies. withInfo = false skips forcing the derivations,
+# so a dependency cycle can be reported without running into infinite recursion.
+{ dir, argsJson ? "{}", withInfo ? "1" }:
+let
+  root = /. + dir;
+  args = builtins.fromJSON argsJson;
+  f = import root;
+  set = if builtins.isFunction f then f (builtins.intersectAttrs (builtins.functionArgs f) args) else f;
+  names = builtins.attrNames set;
+  fileOf = n: root + "/packages/${n}.nix";
+  depsOf = n:
+    let
+      file = fileOf n;
+      fn = import file;
+    in
+    if builtins.pathExists file && builtins.isFunction fn
+    then builtins.filter (a: a != n && builtins.hasAttr a set) (builtins.attrNames (builtins.functionArgs fn))
+    else [ ];
+  infoOf = n:
+    let d = set.${n}; in
+    {
+      drvPath = d.drvPath;
+      outputs = builtins.listToAttrs (map (o: { name = o; value = d.${o}.outPath; }) (d.outputs or [ "out" ]));
+      version = if d ? version then toString d.version else null;
+      pname = d.pname or null;
+      description = d.meta.description or null;
+      mainProgram = d.meta.mainProgram or null;
+      executables = d.executables or (d.passthru.executables or null);
+    };
+in
+builtins.listToAttrs (map
+  (n: {
+    name = n;
+    value = {
+      file = if builtins.pathExists (fileOf n) then toString (fileOf n) else null;
+      deps = depsOf n;
+    } // (if withInfo == "1" then infoOf n else { });
+  })
+  names)

@@ -1,0 +1,217 @@
+"""The package graph, asked of Nix: attributes of ``<dir>/default.nix`` and the formal arguments of
+``<dir>/packages/<attr>.nix`` (via ``builtins.functionArgs`` in the shipped ``graph.nix``)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import NixDependencyCycleError, NixEvalError, NixPackageSetError
+from .log_format import NixMessage, PlainLine, parse_line
+
+if TYPE_CHECKING:
+    from .resource import NixResource
+
+
+def store_hash(store_path: str) -> str:
+    """The 32-character hash part of a store path (``/nix/store/<hash>-name``)."""
+    return Path(store_path).name.split("-", 1)[0]
+
+
+@dataclass(frozen=True)
+class NixPackage:
+    """One attribute of the package set, as Nix sees it."""
+
+    attr: str
+    deps: tuple[str, ...]
+    file: str | None = None
+    drv_path: str | None = None
+    outputs: Mapping[str, str] = field(default_factory=dict)
+    version: str | None = None
+    pname: str | None = None
+    description: str | None = None
+    main_program: str | None = None
+    executables: tuple[str, ...] | None = None
+
+    @property
+    def drv_hash(self) -> str | None:
+        """Hash part of the derivation path: changes whenever the expression or a source changes."""
+        return store_hash(self.drv_path) if self.drv_path else None
+
+    @property
+    def out_path(self) -> str | None:
+        """The ``out`` output path (or the first output)."""
+        if "out" in self.outputs:
+            return self.outputs["out"]
+        return next(iter(self.outputs.values()), None)
+
+    @property
+    def is_python(self) -> bool:
+        """Python packages of the set have a ``dist`` output holding the wheel."""
+        return "dist" in self.outputs
+
+
+@dataclass(frozen=True)
+class NixPackageGraph:
+    """All packages of a package-set directory, keyed by attribute name."""
+
+    nix_dir: str
+    packages: Mapping[str, NixPackage]
+
+    def __getitem__(self, attr: str) -> NixPackage:
+        return self.packages[attr]
+
+    def __contains__(self, attr: object) -> bool:
+        return attr in self.packages
+
+    def __iter__(self):
+        return iter(self.packages)
+
+    def __len__(self) -> int:
+        return len(self.packages)
+
+    def topological_order(self, attrs: Iterable[str] | None = None) -> list[str]:
+        """``attrs`` (default: all) ordered so every package comes after its dependencies."""
+        wanted = set(self.packages if attrs is None else attrs)
+        return [a for a in _toposort(self.packages) if a in wanted]
+
+    def upstream(self, attr: str) -> set[str]:
+        """All transitive dependencies of ``attr`` (excluding itself)."""
+        seen: set[str] = set()
+        stack = list(self.packages[attr].deps)
+        while stack:
+            a = stack.pop()
+            if a not in seen:
+                seen.add(a)
+                stack.extend(self.packages[a].deps)
+        return seen
+
+    def downstream(self, attr: str) -> set[str]:
+        """All packages that transitively depend on ``attr``."""
+        return {a for a in self.packages if attr in self.upstream(a)}
+
+    def by_drv_path(self) -> dict[str, str]:
+        """Map derivation path -> attribute."""
+        return {p.drv_path: a for a, p in self.packages.items() if p.drv_path}
+
+
+def _toposort(packages: Mapping[str, NixPackage]) -> list[str]:
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+
+    def visit(attr: str, path: list[str]) -> None:
+        if state.get(attr) == 2:
+            return
+        if state.get(attr) == 1:
+            start = path.index(attr)
+            cycle = [*path[start:], attr]
+            raise NixDependencyCycleError(
+                cycle, {a: packages[a].file for a in cycle if packages[a].file}  # type: ignore[misc]
+            )
+        state[attr] = 1
+        for dep in sorted(packages[attr].deps):
+            visit(dep, [*path, attr])
+        state[attr] = 2
+        order.append(attr)
+
+    for attr in sorted(packages):
+        visit(attr, [])
+    return order
+
+
+def graph_nix_path() -> str:
+    """Path of the ``graph.nix`` helper shipped in this package."""
+    return str(resources.files("dagster_nix_builder").joinpath("graph.nix"))
+
+
+def _eval_error(command: Sequence[str], proc: subprocess.CompletedProcess[str]) -> NixEvalError:
+    messages: list[str] = []
+    where: NixMessage | None = None
+    for raw in proc.stderr.splitlines():
+        event = parse_line(raw)
+        if isinstance(event, NixMessage) and event.is_error:
+            messages.append(event.msg)
+            if where is None and event.file and event.line:
+                where = event
+        elif isinstance(event, PlainLine) and event.text.strip():
+            messages.append(event.text)
+    return NixEvalError(
+        command,
+        proc.returncode,
+        messages,
+        file=where.file if where else None,
+        line=where.line if where else None,
+        column=where.column if where else None,
+    )
+
+
+def _evaluate(nix: NixResource, nix_dir: str, with_info: bool) -> dict:
+    command = nix.instantiate_command(
+        "--eval",
+        "--json",
+        "--strict",
+        graph_nix_path(),
+        "--argstr",
+        "dir",
+        nix_dir,
+        "--argstr",
+        "argsJson",
+        json.dumps(nix.package_args(), sort_keys=True),
+        "--argstr",
+        "withInfo",
+        "1" if with_info else "0",
+    )
+    proc = subprocess.run(command, capture_output=True, text=True, env=nix.subprocess_env(), check=False)
+    if proc.returncode != 0:
+        raise _eval_error(command, proc)
+    return json.loads(proc.stdout)
+
+
+def load_package_graph(nix: NixResource) -> NixPackageGraph:
+    """Evaluate the package set of ``nix.nix_dir`` and return its graph.
+
+    Raises:
+        NixPackageSetError: the directory has no ``default.nix``.
+        NixEvalError: Nix failed to evaluate (names file and line for syntax errors).
+        NixDependencyCycleError: the packages' formal arguments form a cycle.
+    """
+    nix_dir = str(Path(nix.resolved("nix_dir")).resolve())
+    if not (Path(nix_dir) / "default.nix").is_file():
+        raise NixPackageSetError(f"No default.nix in Nix package-set directory {nix_dir!r}.")
+    try:
+        data = _evaluate(nix, nix_dir, with_info=True)
+    except NixEvalError as info_error:
+        # A cycle makes forcing the derivations recurse forever; ask for the bare graph to say so clearly.
+        try:
+            bare = _evaluate(nix, nix_dir, with_info=False)
+        except NixEvalError:
+            raise info_error from None
+        _toposort(_packages(bare))
+        raise
+    packages = _packages(data)
+    _toposort(packages)
+    return NixPackageGraph(nix_dir=nix_dir, packages=packages)
+
+
+def _packages(data: Mapping[str, Mapping]) -> dict[str, NixPackage]:
+    packages = {}
+    for attr, info in data.items():
+        executables = info.get("executables")
+        packages[attr] = NixPackage(
+            attr=attr,
+            deps=tuple(info.get("deps", ())),
+            file=info.get("file"),
+            drv_path=info.get("drvPath"),
+            outputs=dict(info.get("outputs") or {}),
+            version=info.get("version"),
+            pname=info.get("pname"),
+            description=info.get("description"),
+            main_program=info.get("mainProgram"),
+            executables=tuple(executables) if isinstance(executables, list) else None,
+        )
+    return packages

@@ -1,0 +1,529 @@
+"""One running ``nix build`` and its event stream.
+
+The invocation asks Nix for the derivations first (so it knows every package's drv and output paths),
+starts a single ``nix build --keep-going --json`` for the selected attributes, reads the
+``internal-json`` log on stderr line by line and turns it into per-package outcomes, then into Dagster
+results in dependency order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from .errors import NixBuildError, NixCommandError, NixPackageSetError
+from .graph import NixPackage, NixPackageGraph, store_hash
+from .log_format import (
+    ActivityProgress,
+    ActivityStarted,
+    ActivityStopped,
+    ActivityType,
+    BuildLogLine,
+    NixLogEvent,
+    NixMessage,
+    PlainLine,
+    parse_line,
+)
+
+if TYPE_CHECKING:
+    from dagster import AssetExecutionContext, AssetKey, MaterializeResult
+
+    from .resource import NixResource
+
+ATTR_KEY = "dagster-nix/attr"
+LOG_TAIL_LINES = 25
+TERMINATE_TIMEOUT_S = 10.0
+
+Status = Literal["built", "valid", "failed"]
+
+
+@dataclass(frozen=True)
+class PackageOutcome:
+    """What happened to one selected package in this build."""
+
+    attr: str
+    package: NixPackage
+    status: Status
+    built_now: bool = False
+    build_seconds: float = 0.0
+    reason: str | None = None
+    log_tail: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """Whether the package's outputs are valid now."""
+        return self.status != "failed"
+
+
+@dataclass
+class _Build:
+    drv_path: str
+    attr: str | None
+    started: float
+    log: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_TAIL_LINES))
+    finished: float | None = None
+
+
+class NixBuildInvocation:
+    """A running ``nix build`` of some packages of a package set.
+
+    Create it with :meth:`NixResource.build`; consume it with :meth:`stream` (Dagster results) or
+    :meth:`outcomes` (plain per-package outcomes, in completion order).
+    """
+
+    def __init__(
+        self,
+        nix: NixResource,
+        graph: NixPackageGraph,
+        attrs: Sequence[str],
+        *,
+        context: AssetExecutionContext | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.nix = nix
+        self.graph = graph
+        self.attrs = graph.topological_order(attrs)
+        self.context = context
+        self.command = nix.build_command(self.attrs)
+        self._log = log or (context.log.info if context is not None else _print)
+        self._drv_to_attr = graph.by_drv_path()
+        self._builds: dict[str, _Build] = {}
+        self._activities: dict[int, str] = {}  # activity id -> drv path of build activities
+        self._builds_activity: int | None = None
+        self._progress = (0, 0)  # (done, failed) of the builds activity
+        self._outcomes: dict[str, PackageOutcome] = {}
+        self.errors: list[str] = []
+        self.stdout = ""
+        self.returncode: int | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self._queue: queue.Queue[bytes | None] = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self._stdout_chunks: list[bytes] = []
+
+    # ---- starting --------------------------------------------------------------------------------
+
+    @classmethod
+    def start(
+        cls,
+        nix: NixResource,
+        attrs: Sequence[str] | None = None,
+        *,
+        context: AssetExecutionContext | None = None,
+        graph: NixPackageGraph | None = None,
+    ) -> NixBuildInvocation:
+        """Evaluate the package set, then start ``nix build`` for ``attrs`` (or the context's selection)."""
+        if attrs is None:
+            if context is None:
+                raise ValueError("NixResource.build needs attrs or a context to read the selection from")
+            attrs = [attr for attr, _ in selected_attrs(context)]
+        # Evaluate now, not at definitions load: the expressions may have changed since.
+        graph = graph or nix.load_graph()
+        unknown = [a for a in attrs if a not in graph]
+        if unknown:
+            raise NixPackageSetError(
+                f"Unknown Nix package(s) {', '.join(map(repr, unknown))} in {graph.nix_dir}; "
+                f"known: {', '.join(sorted(graph))}"
+            )
+        invocation = cls(nix, graph, attrs, context=context)
+        invocation._spawn()
+        return invocation
+
+    def _spawn(self) -> None:
+        self._log(f"Running: {self.nix.describe(self.command)}")
+        already = self._valid_attrs(self.attrs)
+        for attr in self.attrs:
+            if attr in already:
+                self._outcomes[attr] = PackageOutcome(attr, self.graph[attr], "valid")
+        self.process = subprocess.Popen(
+            self.command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=self.nix.subprocess_env(),
+            start_new_session=True,  # own process group, so a cancel reaches all of Nix
+        )
+        stderr_reader = threading.Thread(target=self._read_stderr, name="nix-stderr", daemon=True)
+        stdout_reader = threading.Thread(target=self._read_stdout, name="nix-stdout", daemon=True)
+        self._threads = [stderr_reader, stdout_reader]
+        for thread in self._threads:
+            thread.start()
+
+    def _read_stderr(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        # A reader thread keeps Nix from blocking on a full pipe while checks run in the main thread.
+        for raw in iter(self.process.stderr.readline, b""):
+            self._queue.put(raw)
+        self._queue.put(None)
+
+    def _read_stdout(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for chunk in iter(lambda: self.process.stdout.read(65536), b""):  # type: ignore[union-attr]
+            self._stdout_chunks.append(chunk)
+
+    # ---- stopping --------------------------------------------------------------------------------
+
+    def terminate(self) -> None:
+        """Stop Nix: SIGTERM to its process group, wait, then SIGKILL. Nix stops its builders itself."""
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return
+        self._log(f"Stopping nix (pid {proc.pid})")
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=TERMINATE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        self.returncode = proc.returncode
+
+    def is_running(self) -> bool:
+        """Whether the nix process is still running."""
+        return self.process is not None and self.process.poll() is None
+
+    # ---- events ----------------------------------------------------------------------------------
+
+    def events(self) -> Iterator[NixLogEvent]:
+        """Parsed stderr events, as Nix writes them; also logs build output and Nix messages."""
+        try:
+            while True:
+                raw = self._queue.get()
+                if raw is None:
+                    break
+                event = parse_line(raw)
+                self._log_event(event)
+                yield event
+            assert self.process is not None
+            self.returncode = self.process.wait()
+            for thread in self._threads:
+                thread.join()
+            self.stdout = b"".join(self._stdout_chunks).decode("utf-8", errors="replace")
+        finally:
+            # Interrupted (run cancelled, generator closed, exception): never leave Nix behind.
+            self.terminate()
+
+    def _log_event(self, event: NixLogEvent) -> None:
+        if isinstance(event, BuildLogLine):
+            build = self._builds.get(self._activities.get(event.id, ""))
+            name = (build.attr or Path(build.drv_path).name) if build else "nix"
+            # Build output goes to the compute log (stdout), not the event log: it can be long.
+            print(f"[{name}] {event.line}", flush=True)
+        elif isinstance(event, NixMessage):
+            if event.is_error:
+                self.errors.append(event.msg)
+                print(event.msg, file=sys.stderr, flush=True)
+            elif event.level <= 3:
+                print(event.msg, flush=True)
+        elif isinstance(event, PlainLine) and event.text.strip():
+            print(event.text, file=sys.stderr, flush=True)
+
+    def outcomes(self) -> Iterator[PackageOutcome]:
+        """Per-package outcomes: already-valid packages first, then each package as its build finishes,
+        then (after Nix exits) everything else. Does not raise for failed packages."""
+        yield from (o for o in self._outcomes.values())
+        for event in self.events():
+            yield from self._handle(event)
+        yield from self._finish()
+
+    def _handle(self, event: NixLogEvent) -> Iterator[PackageOutcome]:
+        probe = False
+        if isinstance(event, ActivityStarted):
+            if event.type == ActivityType.BUILDS:
+                self._builds_activity = event.id
+            elif event.drv_path:
+                attr = self._drv_to_attr.get(event.drv_path)
+                self._activities[event.id] = event.drv_path
+                self._builds[event.drv_path] = _Build(event.drv_path, attr, time.monotonic())
+                if attr in self.attrs:
+                    self._log(f"Building {attr}: {event.drv_path}")
+        elif isinstance(event, BuildLogLine):
+            build = self._builds.get(self._activities.get(event.id, ""))
+            if build is not None:
+                build.log.append(event.line)
+        elif isinstance(event, ActivityProgress) and event.id == self._builds_activity:
+            # Nix 2.8 stops build activities only at the very end; a rising "done" count is the first
+            # structured sign that some build finished, so then look which outputs became valid.
+            probe = event.done > self._progress[0]
+            self._progress = (event.done, event.failed)
+        elif isinstance(event, ActivityStopped) and event.id in self._activities:
+            probe = True
+        if probe:
+            yield from self._probe()
+
+    def _probe(self) -> Iterator[PackageOutcome]:
+        pending = [
+            b for b in self._builds.values()
+            if b.finished is None and b.attr in self.attrs and b.attr not in self._outcomes
+        ]
+        if not pending:
+            return
+        valid = self._valid_attrs([b.attr for b in pending if b.attr])
+        now = time.monotonic()
+        for build in pending:
+            if build.attr in valid:
+                build.finished = now
+                yield self._record(build.attr, "built")
+
+    def _record(self, attr: str, status: Status, reason: str | None = None, tail: Sequence[str] = ()) -> PackageOutcome:
+        build = self._builds.get(self.graph[attr].drv_path or "")
+        seconds = 0.0
+        if build is not None:
+            seconds = (build.finished or time.monotonic()) - build.started
+        outcome = PackageOutcome(
+            attr,
+            self.graph[attr],
+            status,
+            built_now=build is not None,
+            build_seconds=round(seconds, 3),
+            reason=reason,
+            log_tail=tuple(tail),
+        )
+        self._outcomes[attr] = outcome
+        return outcome
+
+    def _valid_attrs(self, attrs: Sequence[str]) -> set[str]:
+        paths = [p for a in attrs for p in self.graph[a].outputs.values()]
+        invalid = self.nix.invalid_paths(paths)
+        return {a for a in attrs if not invalid.intersection(self.graph[a].outputs.values())}
+
+    def _finish(self) -> Iterator[PackageOutcome]:
+        rest = [a for a in self.attrs if a not in self._outcomes]
+        if not rest:
+            return
+        valid = self._valid_attrs(rest)
+        for attr in rest:
+            if attr in valid:
+                yield self._record(attr, "built" if self.graph[attr].drv_path in self._builds else "valid")
+        failed_drvs = self._failed_drvs()
+        for attr in rest:
+            if attr not in valid:
+                yield self._record(attr, "failed", *self._why_failed(attr, failed_drvs))
+
+    def _failed_drvs(self) -> set[str]:
+        """Derivations whose build started in this run but whose outputs are not valid."""
+        failed = set()
+        for drv in self._builds:
+            attr = self._drv_to_attr.get(drv)
+            if attr is not None:
+                outputs = list(self.graph[attr].outputs.values())
+            else:
+                outputs = self.nix.run(self.nix.store_command("--query", "--outputs", drv)).stdout.split()
+            if self.nix.invalid_paths(outputs):
+                failed.add(drv)
+        return failed
+
+    def _why_failed(self, attr: str, failed_drvs: set[str]) -> tuple[str, list[str]]:
+        drv = self.graph[attr].drv_path or ""
+        if drv in failed_drvs:
+            tail = list(self._builds[drv].log)
+            return f"build of {drv} failed", tail
+        requisites: set[str] = set()
+        if drv:
+            proc = self.nix.run(self.nix.store_command("--query", "--requisites", drv), check=False)
+            requisites = set(proc.stdout.split())
+        culprits = sorted(failed_drvs & requisites)
+        if culprits:
+            names = [self._drv_to_attr.get(d) or d for d in culprits]
+            tail: list[str] = []
+            for culprit, name in zip(culprits, names, strict=True):
+                tail += [f"--- log tail of {name} ({culprit}) ---", *self._builds[culprit].log]
+            return f"dependency failed: {', '.join(names)}", tail
+        if self.returncode is not None and self.returncode < 0:
+            return f"nix was stopped (signal {-self.returncode}) before {attr} was built", []
+        return "not built; Nix said: " + (" | ".join(self.errors[-3:]) or "nothing"), []
+
+    def raise_for_failures(self, failures: dict[str, str] | None = None) -> None:
+        """Raise :class:`NixBuildError` if packages failed, :class:`NixCommandError` if Nix failed."""
+        failures = failures if failures is not None else {
+            a: o.reason or "failed" for a, o in self._outcomes.items() if not o.ok
+        }
+        if failures:
+            raise NixBuildError(self.command, self.returncode, self.errors, failures)
+        if self.returncode not in (0, None):
+            raise NixCommandError(self.command, self.returncode, self.errors)
+
+    def wait(self) -> list[PackageOutcome]:
+        """Consume the build to the end; return all outcomes (no exception for failures)."""
+        return list(self.outcomes())
+
+    @property
+    def build_json(self) -> list[dict[str, Any]]:
+        """What ``nix build --json`` printed on stdout (empty if the build failed)."""
+        try:
+            return json.loads(self.stdout) if self.stdout.strip() else []
+        except ValueError:
+            return []
+
+    # ---- Dagster ---------------------------------------------------------------------------------
+
+    def stream(self) -> Iterator[MaterializeResult]:
+        """Dagster results, each as soon as its package is built and its dependencies were reported.
+
+        Runs the selected asset checks on each package; a failing ``imports`` check keeps the packages
+        downstream of it in this run from being reported. Raises at the end if anything failed.
+        """
+        from .checks import run_checks
+
+        keys = dict(selected_attrs(self.context)) if self.context is not None else {}
+        selected = set(self.attrs)
+        done: dict[str, PackageOutcome] = {}
+        reported: set[str] = set()
+        failures: dict[str, str] = {}
+
+        def selected_upstream(attr: str) -> set[str]:
+            return self.graph.upstream(attr) & selected
+
+        def flush() -> Iterator[MaterializeResult]:
+            progress = True
+            while progress:
+                progress = False
+                for attr in self.attrs:
+                    if attr in reported or attr in failures or attr not in done:
+                        continue
+                    ups = selected_upstream(attr)
+                    broken = sorted(u for u in ups if u in failures)
+                    if broken:
+                        failures[attr] = f"not reported: dependency {', '.join(broken)} failed ({failures[broken[0]]})"
+                        progress = True
+                        continue
+                    if not ups <= reported:
+                        continue
+                    outcome = done[attr]
+                    key = keys.get(attr)
+                    check_results = run_checks(self.nix, self.graph, outcome, key, self.context)
+                    yield materialize_result(self.nix, self.graph, outcome, key, check_results)
+                    reported.add(attr)
+                    for result in check_results:
+                        if result.check_name == "imports" and not result.passed:
+                            failures.setdefault(
+                                f"{attr} (imports check)",
+                                str(result.description or "imports check failed"),
+                            )
+                            for down in self.graph.downstream(attr) & selected:
+                                failures.setdefault(
+                                    down, f"not materialized: the imports check of {attr} failed"
+                                )
+                    progress = True
+
+        for outcome in self.outcomes():
+            if outcome.ok:
+                done[outcome.attr] = outcome
+                self._link(outcome)
+            else:
+                failures[outcome.attr] = outcome.reason or "failed"
+                if outcome.log_tail:
+                    failures[outcome.attr] += "\n    " + "\n    ".join(outcome.log_tail)
+                self._log(f"{outcome.attr} failed: {failures[outcome.attr]}")
+            yield from flush()
+        yield from flush()
+        self.raise_for_failures(failures)
+
+    def _link(self, outcome: PackageOutcome) -> None:
+        out_dir = Path(str(self.nix.resolved("out_link_dir"))).resolve()
+        for output, path in outcome.package.outputs.items():
+            suffix = "" if output == "out" else f"-{output}"
+            self.nix.add_root(out_dir / f"result-{outcome.attr}{suffix}", path)
+
+
+def read_source(nix_dir: str) -> dict[str, Any] | None:
+    """The source pin of the package set (``<nix_dir>/pins.json``), if present."""
+    pins = Path(nix_dir) / "pins.json"
+    if not pins.is_file():
+        return None
+    try:
+        data = json.loads(pins.read_text())
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def describe_source(pins: dict[str, Any] | None) -> str:
+    """One line saying what the packages are built from."""
+    if not pins:
+        return "unknown (no pins.json)"
+    kind = pins.get("source")
+    if kind == "git":
+        git = pins.get("git") or {}
+        return f"git {git.get('url')} rev {git.get('rev')} hash {git.get('hash')}"
+    if kind == "release":
+        return f"release {(pins.get('release') or {}).get('version')}"
+    return f"{kind}"
+
+
+def materialize_result(
+    nix: NixResource,
+    graph: NixPackageGraph,
+    outcome: PackageOutcome,
+    asset_key: AssetKey | None,
+    check_results: Sequence[Any] = (),
+) -> MaterializeResult:
+    """The materialization of one package: paths, versions, timings and sizes."""
+    from dagster import DataVersion, MaterializeResult, MetadataValue
+
+    from .checks import wheel_path
+
+    package = outcome.package
+    info = nix.path_info(list(package.outputs.values()))
+    out = package.out_path or ""
+    pins = read_source(graph.nix_dir)
+    metadata: dict[str, Any] = {
+        "out_path": MetadataValue.path(out),
+        "store_paths": MetadataValue.json(dict(package.outputs)),
+        "drv_path": MetadataValue.path(package.drv_path or ""),
+        "built_now": MetadataValue.bool(outcome.built_now),
+        "build_seconds": MetadataValue.float(float(outcome.build_seconds)),
+        "nar_size": MetadataValue.int(int(info.get(out, {}).get("narSize", 0))),
+        "closure_size": MetadataValue.int(int(info.get(out, {}).get("closureSize", 0))),
+        "nix_version": MetadataValue.text(nix.nix_version()),
+        "scope": MetadataValue.text(str(nix.resolved("scope") or "")),
+        "source": MetadataValue.text(describe_source(pins)),
+    }
+    if pins:
+        metadata["source_pin"] = MetadataValue.json(pins)
+    if package.version:
+        metadata["version"] = MetadataValue.text(package.version)
+    for output, path in package.outputs.items():
+        if output != "out" and path in info:
+            metadata[f"{output}_nar_size"] = MetadataValue.int(int(info[path].get("narSize", 0)))
+    wheel = wheel_path(package)
+    if wheel:
+        metadata["wheel"] = MetadataValue.path(wheel)
+    return MaterializeResult(
+        asset_key=asset_key,
+        metadata=metadata,
+        data_version=DataVersion(store_hash(out)) if out else None,
+        check_results=list(check_results),
+    )
+
+
+def selected_attrs(context: AssetExecutionContext) -> list[tuple[str, AssetKey]]:
+    """(attribute, asset key) of each asset selected in ``context``, read from the spec metadata."""
+    specs = context.assets_def.specs_by_key
+    out = []
+    for key in context.selected_asset_keys:
+        attr = specs[key].metadata.get(ATTR_KEY)
+        out.append((str(attr if attr is not None else key.to_user_string()), key))
+    return out
+
+
+def _print(message: str) -> None:
+    print(message, flush=True)
+
+
+__all__ = ["NixBuildInvocation", "PackageOutcome", "selected_attrs", "store_hash"]

@@ -1,0 +1,244 @@
+"""``NixResource``: the Nix CLI as a Dagster resource. Every Nix command line is built here."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from dagster import ConfigurableResource, EnvVar
+from pydantic import Field, PrivateAttr, field_validator
+
+from .errors import NixCommandError, NixNotFoundError
+from .log_format import NixMessage, PlainLine, parse_line
+
+if TYPE_CHECKING:
+    from dagster import AssetExecutionContext
+
+    from .graph import NixPackageGraph
+    from .invocation import NixBuildInvocation
+
+DEFAULT_NIX_CONFIG = "experimental-features = nix-command\nsubstituters ="
+
+
+def _find_executable(executable: str) -> str | None:
+    return shutil.which(executable)
+
+
+class NixResource(ConfigurableResource):
+    """Runs the Nix CLI against a package-set directory.
+
+    Configure it in code, from a YAML file (:meth:`from_yaml`) or through ``EnvVar``s.
+    """
+
+    executable: str = Field(
+        default="nix",
+        description="The `nix` executable (name on PATH or absolute path). `nix-instantiate` and "
+        "`nix-store` are taken from the same directory.",
+    )
+    nix_dir: str = Field(
+        default="nix",
+        description="Package-set directory: `default.nix` plus one `packages/<attr>.nix` per package.",
+    )
+    scope: str | None = Field(
+        default="auto",
+        description="Passed as `--argstr scope <scope>` (auto | bootstrap | nixpkgs); null to omit.",
+    )
+    out_link_dir: str = Field(
+        default=".nix-results",
+        description="Folder for the out-links `result-<attr>` (and `result-<attr>-<output>`), GC roots.",
+    )
+    max_jobs: int | None = Field(default=None, description="`--max-jobs` for `nix build`.")
+    cores: int | None = Field(default=None, description="`--cores` for `nix build`.")
+    extra_options: dict[str, str] | None = Field(
+        default=None, description="Extra Nix settings, each passed as `--option <name> <value>`."
+    )
+    builders: str | None = Field(
+        default=None, description="Remote builders (`--builders`), e.g. 'ssh://host x86_64-linux'."
+    )
+    nix_args: dict[str, str] | None = Field(
+        default=None, description="Extra arguments of the package set, each passed as `--argstr <k> <v>`."
+    )
+    nix_config: str = Field(
+        default=DEFAULT_NIX_CONFIG,
+        description="Value of NIX_CONFIG in the environment of every Nix command.",
+    )
+
+    _version: str | None = PrivateAttr(default=None)
+
+    @field_validator("executable")
+    @classmethod
+    def _executable_exists(cls, value: str) -> str:
+        # An EnvVar is resolved only at run time; its value is checked then by ``executable_path``.
+        if isinstance(value, EnvVar):
+            return value
+        if _find_executable(value) is None:
+            raise NixNotFoundError(value)
+        return value
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str], **overrides: Any) -> NixResource:
+        """Build a resource from a YAML mapping of its fields.
+
+        A value written as ``{env: NAME}`` becomes ``EnvVar("NAME")`` (``EnvVar.int`` for the integer
+        fields), so secrets and per-machine values stay in the environment.
+        """
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise TypeError(f"{path}: expected a mapping of NixResource fields")
+        fields: dict[str, Any] = {}
+        for key, value in {**data, **overrides}.items():
+            if isinstance(value, dict) and set(value) == {"env"}:
+                value = EnvVar.int(value["env"]) if key in ("max_jobs", "cores") else EnvVar(value["env"])
+            fields[key] = value
+        return cls(**fields)
+
+    def resolved(self, name: str) -> Any:
+        """Value of a field with any ``EnvVar`` resolved (needed before Dagster resolves config)."""
+        value = getattr(self, name)
+        if isinstance(value, EnvVar):
+            return value.get_value()
+        return value
+
+    # ---- command lines -------------------------------------------------------------------------
+
+    @cached_property
+    def executable_path(self) -> str:
+        """Absolute path of the nix executable; raises :class:`NixNotFoundError`."""
+        exe = str(self.resolved("executable"))
+        found = _find_executable(exe)
+        if found is None:
+            raise NixNotFoundError(exe)
+        return found
+
+    def tool_path(self, tool: str) -> str:
+        """Path of a legacy tool (``nix-instantiate``, ``nix-store``) next to the nix executable."""
+        sibling = Path(self.executable_path).parent / tool
+        if sibling.exists():
+            return str(sibling)
+        found = shutil.which(tool)
+        if found is None:
+            raise NixNotFoundError(tool)
+        return found
+
+    def subprocess_env(self) -> dict[str, str]:
+        """Environment of every Nix command: ours plus NIX_CONFIG."""
+        env = dict(os.environ)
+        env["NIX_CONFIG"] = str(self.resolved("nix_config"))
+        return env
+
+    def package_args(self) -> dict[str, str]:
+        """Arguments passed to the package set's function (scope and ``nix_args``)."""
+        args: dict[str, str] = {}
+        scope = self.resolved("scope")
+        if scope:
+            args["scope"] = str(scope)
+        args.update({str(k): str(v) for k, v in (self.resolved("nix_args") or {}).items()})
+        return args
+
+    def _argstrs(self) -> list[str]:
+        out: list[str] = []
+        for key, value in self.package_args().items():
+            out += ["--argstr", key, value]
+        return out
+
+    def nix_command(self, *args: str) -> list[str]:
+        """``nix <args>`` with the structured log format (stderr is ``@nix {json}`` lines)."""
+        return [self.executable_path, "--log-format", "internal-json", "-v", *args]
+
+    def instantiate_command(self, *args: str) -> list[str]:
+        """``nix-instantiate <args>`` with the structured log format."""
+        return [self.tool_path("nix-instantiate"), "--log-format", "internal-json", *args]
+
+    def store_command(self, *args: str) -> list[str]:
+        """``nix-store <args>``."""
+        return [self.tool_path("nix-store"), *args]
+
+    def build_command(self, attrs: Sequence[str]) -> list[str]:
+        """The one ``nix build`` of a run: all ``attrs`` at once, keep going, JSON on stdout."""
+        command = self.nix_command(
+            "build", "--file", str(Path(self.resolved("nix_dir")).resolve()), *self._argstrs(),
+            "--keep-going", "--json", "--no-link",
+        )
+        if self.resolved("max_jobs") is not None:
+            command += ["--max-jobs", str(self.resolved("max_jobs"))]
+        if self.resolved("cores") is not None:
+            command += ["--cores", str(self.resolved("cores"))]
+        if self.resolved("builders"):
+            command += ["--builders", str(self.resolved("builders"))]
+        for name, value in (self.resolved("extra_options") or {}).items():
+            command += ["--option", str(name), str(value)]
+        return [*command, *attrs]
+
+    def run(self, command: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a short Nix command to completion; on failure raise with Nix's own error messages."""
+        proc = subprocess.run(list(command), capture_output=True, text=True, env=self.subprocess_env(), check=False)
+        if check and proc.returncode != 0:
+            messages = []
+            for raw in proc.stderr.splitlines():
+                event = parse_line(raw)
+                if isinstance(event, NixMessage) and event.is_error:
+                    messages.append(event.msg)
+                elif isinstance(event, PlainLine) and event.text.strip():
+                    messages.append(event.text)
+            raise NixCommandError(command, proc.returncode, messages)
+        return proc
+
+    # ---- facts -----------------------------------------------------------------------------------
+
+    def nix_version(self) -> str:
+        """``nix --version`` (e.g. ``nix (Nix) 2.8.0``)."""
+        if self._version is None:
+            self._version = self.run([self.executable_path, "--version"]).stdout.strip()
+        return self._version
+
+    def invalid_paths(self, paths: Sequence[str]) -> set[str]:
+        """The subset of ``paths`` that are not valid in the store."""
+        if not paths:
+            return set()
+        proc = self.run(self.store_command("--check-validity", "--print-invalid", *paths))
+        return set(proc.stdout.split())
+
+    def path_info(self, paths: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """``nix path-info --json -S``: narSize, closureSize, ... per valid path."""
+        if not paths:
+            return {}
+        proc = self.run(self.nix_command("path-info", "--json", "-S", *paths))
+        return {entry["path"]: entry for entry in json.loads(proc.stdout) if entry.get("valid", True)}
+
+    def add_root(self, link: Path, store_path: str) -> None:
+        """Make ``link`` an indirect GC root pointing at ``store_path``."""
+        link.parent.mkdir(parents=True, exist_ok=True)
+        self.run(self.store_command("--add-root", str(link), "--indirect", "--realise", store_path))
+
+    def load_graph(self) -> NixPackageGraph:
+        """Ask Nix for the package graph of :attr:`nix_dir`."""
+        from .graph import load_package_graph
+
+        return load_package_graph(self)
+
+    def build(
+        self,
+        attrs: Sequence[str] | None = None,
+        *,
+        context: AssetExecutionContext | None = None,
+        graph: NixPackageGraph | None = None,
+    ) -> NixBuildInvocation:
+        """Start one ``nix build`` of ``attrs`` (default: the assets selected in ``context``).
+
+        Use as ``yield from nix.build(context=context).stream()``.
+        """
+        from .invocation import NixBuildInvocation
+
+        return NixBuildInvocation.start(self, attrs, context=context, graph=graph)
+
+    def describe(self, command: Sequence[str]) -> str:
+        """A command as one shell-quoted string, for logs."""
+        return shlex.join(command)
