@@ -361,7 +361,9 @@ class Updater:
             if mode == "git":
                 fake = pins.with_git(rev=target, hash=FAKE_HASH)
             else:
-                fake = pins.with_release(version=target, hashes={p: FAKE_HASH for p in RELEASE_PACKAGES})
+                # Keep the file's key order so the commit's diff shows only changed values.
+                order = [*pins.release.hashes, *(p for p in RELEASE_PACKAGES if p not in pins.release.hashes)]
+                fake = pins.with_release(version=target, hashes={p: FAKE_HASH for p in order})
             self._write(self.settings.pins_path, render_pins(fake))
 
             if mode == "release" and self._lock_script().exists():
@@ -375,7 +377,9 @@ class Updater:
             if mode == "git":
                 final = fake.with_git(hash=hashes[self.settings.source_attr])
             else:
-                final = fake.with_release(hashes={p: hashes[p] for p in RELEASE_PACKAGES})
+                final = fake.with_release(
+                    hashes={p: hashes.get(p, h) for p, h in fake.release.hashes.items()}
+                )
             self._write(self.settings.pins_path, render_pins(final))
 
             step = UpdateStep.BUILD
@@ -472,7 +476,7 @@ class Updater:
         hashes: dict[str, str] = {}
         for m in mismatches:
             package = sdist_package_name(m.drv_name, target)
-            if package in RELEASE_PACKAGES and m.specified == FAKE_HASH:
+            if package is not None and m.specified == FAKE_HASH:
                 hashes[package] = validate_sri_hash(m.got)
                 self.log(f"{package} {target}: {m.got}")
         missing = [p for p in RELEASE_PACKAGES if p not in hashes]

@@ -1,0 +1,294 @@
+"""Sensors that follow upstream and request update runs.
+
+- The commit sensor (git mode) asks `git ls-remote` for the head of the followed branch; a head that
+  differs from the pinned rev requests one update run with `run_key` = the rev, so a rev is never
+  processed twice.
+- The release sensor (release mode) asks the package index for the newest version of which all five
+  sdists are published; a newer version than the pinned one requests one update run.
+
+An unchanged upstream, an upstream that cannot be reached, or pins in the other source mode are skips
+with their reason, never crashes. Both keep a JSON cursor (what they last saw and requested), which the
+daemon stores across restarts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from dagster import (
+    DefaultSensorStatus,
+    Definitions,
+    JobDefinition,
+    RunRequest,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+from packaging.version import InvalidVersion, Version
+
+from dagster_nix_builder import git_upstream
+from dagster_nix_builder.pins import PinsError, read_pins
+from dagster_nix_builder.update_job import (
+    REPO_ROOT,
+    PinUpdater,
+    build_update_job,
+    update_job,
+    update_run_config,
+)
+
+COMMIT_SENSOR_NAME = "dagster_upstream_commit_sensor"
+RELEASE_SENSOR_NAME = "dagster_release_sensor"
+TAG_PREFIX = "dagster-nix-builder"
+
+
+@dataclass(frozen=True)
+class UpstreamCursor:
+    """The sensors' JSON cursor.
+
+    Attributes:
+        last_seen: The head rev or release version seen at the last successful look.
+        last_requested: The rev or version of the last run requested.
+        last_error: Why the last look failed, or None.
+    """
+
+    last_seen: str | None = None
+    last_requested: str | None = None
+    last_error: str | None = None
+
+    @classmethod
+    def from_json(cls, text: str | None) -> UpstreamCursor:
+        """Parse a cursor; a missing or unreadable one is a fresh start."""
+        if not text:
+            return cls()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            return cls()
+        if not isinstance(data, dict):
+            return cls()
+        return cls(**{k: data.get(k) for k in ("last_seen", "last_requested", "last_error")})
+
+    def to_json(self) -> str:
+        """Serialise the cursor (stable key order)."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def _skip(reason: str, cursor: UpstreamCursor, context: SensorEvaluationContext) -> SensorResult:
+    context.log.info(reason)
+    return SensorResult(skip_reason=SkipReason(reason), cursor=cursor.to_json())
+
+
+def build_upstream_commit_sensor(
+    *,
+    job: JobDefinition = update_job,
+    repo_dir: str | Path = REPO_ROOT,
+    nix_dir: str = "nix",
+    url: str | None = None,
+    branch: str | None = None,
+    name: str = COMMIT_SENSOR_NAME,
+    minimum_interval_seconds: int = 600,
+    default_status: DefaultSensorStatus = DefaultSensorStatus.STOPPED,
+    timeout_seconds: float = 60,
+) -> SensorDefinition:
+    """A sensor requesting an update run when the followed branch moves past the pinned rev.
+
+    Args:
+        job: The update job to run (its op is configured with `rev`).
+        repo_dir: The checkout whose `nix/pins.json` holds the pinned rev.
+        nix_dir: The package set directory, relative to `repo_dir`.
+        url: Repository to follow; default: `git.url` of the pins (Dagster's GitHub repository).
+        branch: Branch to follow; default: `git.branch` of the pins (`master`).
+        name: Sensor name.
+        minimum_interval_seconds: Seconds between evaluations.
+        default_status: Whether the sensor runs as soon as the daemon loads it.
+        timeout_seconds: Limit of `git ls-remote`.
+    """
+    pins_path = Path(repo_dir) / nix_dir / "pins.json"
+
+    @sensor(
+        name=name,
+        job=job,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+        description="Requests an update run when the upstream branch head differs from the pinned rev.",
+    )
+    def _commit_sensor(context: SensorEvaluationContext) -> SensorResult:
+        cursor = UpstreamCursor.from_json(context.cursor)
+        try:
+            pins = read_pins(pins_path)
+        except (OSError, PinsError) as e:
+            return _skip(f"cannot read {pins_path}: {e}", cursor, context)
+        if pins.source != "git":
+            return _skip(
+                f"pins select source {pins.source!r}; the commit sensor follows git mode", cursor, context
+            )
+        follow_url = url or pins.git.url
+        follow_branch = branch or pins.git.branch
+        try:
+            head = git_upstream.ls_remote_head(follow_url, follow_branch, timeout=timeout_seconds)
+        except (git_upstream.UpstreamError, ValueError) as e:
+            cursor = UpstreamCursor(cursor.last_seen, cursor.last_requested, str(e))
+            return _skip(f"upstream unreachable: {e}", cursor, context)
+        cursor = UpstreamCursor(head, cursor.last_requested, None)
+        if head == pins.git.rev:
+            return _skip(f"{follow_branch} head {head} is the pinned rev: nothing to update", cursor, context)
+        if head == cursor.last_requested:
+            return _skip(f"an update to {head} was already requested", cursor, context)
+        cursor = UpstreamCursor(head, head, None)
+        context.log.info(f"{follow_branch} moved to {head} (pinned: {pins.git.rev}): requesting an update")
+        return SensorResult(
+            run_requests=[
+                RunRequest(
+                    run_key=head,
+                    run_config=update_run_config(rev=head),
+                    tags={f"{TAG_PREFIX}/rev": head, f"{TAG_PREFIX}/old": pins.git.rev or "none"},
+                )
+            ],
+            cursor=cursor.to_json(),
+        )
+
+    return _commit_sensor
+
+
+def build_release_sensor(
+    *,
+    job: JobDefinition = update_job,
+    repo_dir: str | Path = REPO_ROOT,
+    nix_dir: str = "nix",
+    pip_args: Sequence[str] = (),
+    packages: Sequence[str] = git_upstream.RELEASE_PACKAGES,
+    name: str = RELEASE_SENSOR_NAME,
+    minimum_interval_seconds: int = 3600,
+    default_status: DefaultSensorStatus = DefaultSensorStatus.STOPPED,
+    timeout_seconds: float = 120,
+) -> SensorDefinition:
+    """A sensor requesting an update run when a newer Dagster release has all its sdists published.
+
+    Args:
+        job: The update job to run (its op is configured with `version`).
+        repo_dir: The checkout whose `nix/pins.json` holds the pinned version.
+        nix_dir: The package set directory, relative to `repo_dir`.
+        pip_args: Extra pip arguments (the user's pip configuration applies anyway).
+        packages: The packages that must all have the version.
+        name: Sensor name.
+        minimum_interval_seconds: Seconds between evaluations.
+        default_status: Whether the sensor runs as soon as the daemon loads it.
+        timeout_seconds: Limit of each pip call.
+    """
+    pins_path = Path(repo_dir) / nix_dir / "pins.json"
+
+    @sensor(
+        name=name,
+        job=job,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+        description="Requests an update run when a newer Dagster release has all five sdists published.",
+    )
+    def _release_sensor(context: SensorEvaluationContext) -> SensorResult:
+        cursor = UpstreamCursor.from_json(context.cursor)
+        try:
+            pins = read_pins(pins_path)
+        except (OSError, PinsError) as e:
+            return _skip(f"cannot read {pins_path}: {e}", cursor, context)
+        if pins.source != "release":
+            return _skip(
+                f"pins select source {pins.source!r}; the release sensor follows release mode",
+                cursor,
+                context,
+            )
+        try:
+            latest = git_upstream.latest_release(packages, pip_args=pip_args, timeout=timeout_seconds)
+        except (git_upstream.UpstreamError, ValueError) as e:
+            cursor = UpstreamCursor(cursor.last_seen, cursor.last_requested, str(e))
+            return _skip(f"package index unreachable: {e}", cursor, context)
+        if latest is None:
+            cursor = UpstreamCursor(cursor.last_seen, cursor.last_requested, None)
+            return _skip(f"no version has all of {', '.join(packages)} as sdists", cursor, context)
+        cursor = UpstreamCursor(latest, cursor.last_requested, None)
+        pinned = pins.release.version
+        if not _newer(latest, pinned):
+            return _skip(
+                f"newest complete release {latest} is not newer than pinned {pinned}", cursor, context
+            )
+        if latest == cursor.last_requested:
+            return _skip(f"an update to {latest} was already requested", cursor, context)
+        cursor = UpstreamCursor(latest, latest, None)
+        return SensorResult(
+            run_requests=[
+                RunRequest(
+                    run_key=f"release-{latest}",
+                    run_config=update_run_config(version=latest),
+                    tags={f"{TAG_PREFIX}/version": latest, f"{TAG_PREFIX}/old": pinned},
+                )
+            ],
+            cursor=cursor.to_json(),
+        )
+
+    return _release_sensor
+
+
+def _newer(candidate: str, pinned: str) -> bool:
+    try:
+        return Version(candidate) > Version(pinned)
+    except InvalidVersion:
+        return candidate != pinned
+
+
+upstream_commit_sensor = build_upstream_commit_sensor()
+"""The commit sensor with default settings (this checkout, pins' url and branch)."""
+
+release_sensor = build_release_sensor()
+"""The release sensor with default settings (the user's pip configuration)."""
+
+
+def update_definitions(
+    *,
+    repo_dir: str | Path = REPO_ROOT,
+    nix_dir: str = "nix",
+    scope: str | None = "bootstrap",
+    pip_args: Sequence[str] = (),
+    key_prefix: Sequence[str] = (),
+    sensor_status: DefaultSensorStatus = DefaultSensorStatus.STOPPED,
+    **resource_fields: Any,
+) -> Definitions:
+    """The update job, both sensors and the `pin_updater` resource, ready to merge into a code location.
+
+    Args:
+        repo_dir: The git checkout holding `nix/pins.json` (commits are made there).
+        nix_dir: The package set directory, relative to `repo_dir`.
+        scope: `--argstr scope` of the package set.
+        pip_args: Extra pip arguments of the release lookup.
+        key_prefix: Prefix of the package asset keys (the translator's `key_prefix`).
+        sensor_status: Default status of both sensors (turn them on in the UI, or pass RUNNING).
+        **resource_fields: Further fields of `PinUpdater` (e.g. `nix_executable`, `timeout_seconds`).
+
+    Returns:
+        A `Definitions`; merge it: `Definitions.merge(defs, update_definitions())`.
+    """
+    job = build_update_job(key_prefix=key_prefix) if key_prefix else update_job
+    return Definitions(
+        jobs=[job],
+        sensors=[
+            build_upstream_commit_sensor(
+                job=job, repo_dir=repo_dir, nix_dir=nix_dir, default_status=sensor_status
+            ),
+            build_release_sensor(
+                job=job, repo_dir=repo_dir, nix_dir=nix_dir, pip_args=pip_args, default_status=sensor_status
+            ),
+        ],
+        resources={
+            "pin_updater": PinUpdater(
+                repo_dir=str(repo_dir),
+                nix_dir=nix_dir,
+                scope=scope,
+                pip_args=list(pip_args),
+                **resource_fields,
+            )
+        },
+    )

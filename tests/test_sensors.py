@@ -1,0 +1,183 @@
+"""The sensors against a real local upstream, and the update run they request executed for real."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, build_sensor_context
+from upstream_repo import (
+    BROKEN_MODULE,
+    GOOD_MODULE,
+    NIX_CONFIG,
+    Upstream,
+    git,
+    make_project,
+    snapshot,
+    world_readable_tmpdir,
+)
+
+from dagster_nix_builder.pins import read_pins, write_pins
+from dagster_nix_builder.sensors import (
+    UpstreamCursor,
+    build_release_sensor,
+    build_upstream_commit_sensor,
+    update_definitions,
+)
+from dagster_nix_builder.update_job import PinUpdater, update_job
+
+pytestmark = pytest.mark.skipif(shutil.which("nix") is None, reason="needs the nix CLI")
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    path = world_readable_tmpdir("dnb-sensor-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def tick(sensor, cursor: str | None):
+    with DagsterInstance.ephemeral() as instance:
+        return sensor.evaluate_tick(build_sensor_context(cursor=cursor, instance=instance))
+
+
+def run_update(project: Path, run_config: dict):
+    return update_job.execute_in_process(
+        run_config=run_config,
+        resources={"pin_updater": PinUpdater(repo_dir=str(project), nix_config=NIX_CONFIG)},
+        raise_on_error=False,
+    )
+
+
+def test_commit_sensor_requests_one_run_per_new_head_and_the_run_updates(root: Path) -> None:
+    upstream = Upstream(root)
+    rev1 = upstream.push({"dagster.py": GOOD_MODULE.format(version="1.0")}, "one")
+    project = make_project(root, upstream)  # nothing pinned yet
+    sensor = build_upstream_commit_sensor(repo_dir=project)
+
+    first = tick(sensor, None)
+    assert [r.run_key for r in first.run_requests] == [rev1]
+    assert json.loads(first.cursor) == {"last_seen": rev1, "last_requested": rev1, "last_error": None}
+
+    # The requested run, executed for real: pins rev1, rebuilds, commits.
+    result = run_update(project, first.run_requests[0].run_config)
+    assert result.success
+    assert git(project, "log", "-1", "--format=%s") == f"dagster-src: none -> {rev1}"
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert materialized == {"dagster-src", "dagster-lib", "dagster-cli"}
+    assert result.output_for_node("update_dagster_src")["changed_files"] == ["nix/pins.json"]
+
+    # Unchanged head: a skip with its reason; the cursor survives (JSON in, JSON out).
+    second = tick(sensor, first.cursor)
+    assert not second.run_requests
+    assert "is the pinned rev" in second.skip_message
+    assert UpstreamCursor.from_json(second.cursor).last_seen == rev1
+
+    # A new upstream commit: one run for it, keyed by the rev.
+    rev2 = upstream.push({"dagster.py": GOOD_MODULE.format(version="2.0")}, "two")
+    third = tick(sensor, second.cursor)
+    assert [r.run_key for r in third.run_requests] == [rev2]
+    assert third.run_requests[0].run_config == {"ops": {"update_dagster_src": {"config": {"rev": rev2}}}}
+    assert third.run_requests[0].tags["dagster-nix-builder/old"] == rev1
+
+    # Before the run lands, the same head is not requested again.
+    fourth = tick(sensor, third.cursor)
+    assert not fourth.run_requests and "already requested" in fourth.skip_message
+
+
+def test_commit_sensor_skips_unreachable_upstream(root: Path) -> None:
+    upstream = Upstream(root)
+    upstream.push({"dagster.py": GOOD_MODULE.format(version="1.0")}, "one")
+    project = make_project(root, upstream)
+    cursor = UpstreamCursor(last_seen="a" * 40, last_requested="a" * 40).to_json()
+    sensor = build_upstream_commit_sensor(repo_dir=project, url=str(root / "gone.git"))
+
+    data = tick(sensor, cursor)
+
+    assert not data.run_requests
+    assert data.skip_message.startswith("upstream unreachable")
+    after = UpstreamCursor.from_json(data.cursor)
+    assert after.last_seen == "a" * 40 and after.last_requested == "a" * 40 and after.last_error
+
+    missing_branch = build_upstream_commit_sensor(repo_dir=project, branch="no-such-branch")
+    assert "has no ref refs/heads/no-such-branch" in tick(missing_branch, None).skip_message
+
+
+def test_commit_sensor_skips_in_release_mode(root: Path) -> None:
+    upstream = Upstream(root)
+    upstream.push({"dagster.py": GOOD_MODULE.format(version="1.0")}, "one")
+    project = make_project(root, upstream)
+    pins_path = project / "nix" / "pins.json"
+    write_pins(pins_path, replace(read_pins(pins_path), source="release"))
+    data = tick(build_upstream_commit_sensor(repo_dir=project), None)
+    assert not data.run_requests and "follows git mode" in data.skip_message
+
+
+def test_failed_update_run_reports_step_and_leaves_files(root: Path) -> None:
+    upstream = Upstream(root)
+    upstream.push({"dagster.py": BROKEN_MODULE}, "broken")
+    project = make_project(root, upstream)
+    before, head = snapshot(project), git(project, "rev-parse", "HEAD")
+    data = tick(build_upstream_commit_sensor(repo_dir=project), None)
+
+    result = run_update(project, data.run_requests[0].run_config)
+
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    metadata = failure.step_failure_data.user_failure_data.metadata
+    assert metadata["step"].value == "build"
+    assert metadata["restored"].value == ["nix/pins.json"]
+    assert snapshot(project) == before and git(project, "rev-parse", "HEAD") == head
+
+
+def _fake_index(folder: Path, versions: dict[str, list[str]]) -> list[str]:
+    """A local package index folder (find-links) with sdist file names; pip lists versions by name."""
+    folder.mkdir()
+    for package, vs in versions.items():
+        for v in vs:
+            (folder / f"{package.replace('-', '_')}-{v}.tar.gz").write_bytes(b"")
+    return ["--no-index", "--find-links", str(folder)]
+
+
+def test_release_sensor_requests_complete_newer_release_only(root: Path) -> None:
+    upstream = Upstream(root)
+    project = make_project(root, upstream)
+    pins_path = project / "nix" / "pins.json"
+    write_pins(pins_path, replace(read_pins(pins_path), source="release"))
+    everything = ["1.13.27", "1.13.28"]
+    pip_args = _fake_index(
+        root / "index",
+        {
+            "dagster": [*everything, "1.13.29"],
+            "dagster-shared": [*everything, "1.13.29"],
+            "dagster-pipes": [*everything, "1.13.29"],
+            "dagster-graphql": [*everything, "1.13.29"],
+            "dagster-webserver": everything,  # 1.13.29 is not complete yet
+        },
+    )
+    sensor = build_release_sensor(repo_dir=project, pip_args=pip_args)
+
+    data = tick(sensor, None)
+    assert [r.run_key for r in data.run_requests] == ["release-1.13.28"]
+    assert data.run_requests[0].run_config == {
+        "ops": {"update_dagster_src": {"config": {"version": "1.13.28"}}}
+    }
+    assert "already requested" in tick(sensor, data.cursor).skip_message
+
+    write_pins(pins_path, read_pins(pins_path).with_release(version="1.13.28"))
+    assert "not newer than pinned" in tick(sensor, data.cursor).skip_message
+
+    empty = build_release_sensor(
+        repo_dir=project, pip_args=["--no-index", "--find-links", str(root / "none")]
+    )
+    assert "no version has all of" in tick(empty, None).skip_message
+
+
+def test_update_definitions_load(root: Path) -> None:
+    defs = update_definitions(repo_dir=root)
+    assert defs.get_job_def("update_dagster_src")
+    assert {s.name for s in defs.sensors} == {"dagster_upstream_commit_sensor", "dagster_release_sensor"}
