@@ -88,5 +88,5 @@ class NixBuildError(NixCommandError):
             command,
             returncode,
             messages,
-            summary=f"{len(self.failures)} Nix package(s) failed: {', '.join(self.failures)}\n{listing}",
+            summary=f"{len(self.failures)} package(s) failed or blocked: {', '.join(self.failures)}\n{listing}",
         )

@@ -32,6 +32,11 @@ def _find_executable(executable: str) -> str | None:
     return shutil.which(executable)
 
 
+def _is_env_var(value: object) -> bool:
+    # EnvVar and IntEnvVar (not a subclass of EnvVar) both defer to run time and offer get_value().
+    return hasattr(value, "env_var_name") and hasattr(value, "get_value")
+
+
 class NixResource(ConfigurableResource):
     """Runs the Nix CLI against a package-set directory.
 
@@ -77,7 +82,7 @@ class NixResource(ConfigurableResource):
     @classmethod
     def _executable_exists(cls, value: str) -> str:
         # An EnvVar is resolved only at run time; its value is checked then by ``executable_path``.
-        if isinstance(value, EnvVar):
+        if _is_env_var(value):
             return value
         if _find_executable(value) is None:
             raise NixNotFoundError(value)
@@ -103,9 +108,7 @@ class NixResource(ConfigurableResource):
     def resolved(self, name: str) -> Any:
         """Value of a field with any ``EnvVar`` resolved (needed before Dagster resolves config)."""
         value = getattr(self, name)
-        if isinstance(value, EnvVar):
-            return value.get_value()
-        return value
+        return value.get_value() if _is_env_var(value) else value
 
     # ---- command lines -------------------------------------------------------------------------
 

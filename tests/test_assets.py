@@ -1,0 +1,119 @@
+"""Materializing through a real Dagster instance runs the real `nix build` of a tiny package set."""
+
+import os
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, DagsterInstance, materialize
+
+from dagster_nix_builder import (
+    DagsterNixTranslator,
+    DagsterNixTranslatorSettings,
+    NixBuildError,
+    NixPackage,
+    nix_assets,
+)
+
+
+def _materializations(result):
+    return {
+        event.asset_key.to_user_string(): event.materialization
+        for event in result.get_asset_materialization_events()
+    }
+
+
+def test_materialize_all_then_noop(make_nix, tmp_path: Path):
+    nix = make_nix()
+    graph = nix.load_graph()
+    assets = nix_assets(graph)
+    instance = DagsterInstance.ephemeral()
+    result = materialize([assets], resources={"nix": nix}, instance=instance)
+    assert result.success
+    order = [e.asset_key.to_user_string() for e in result.get_asset_materialization_events()]
+    assert sorted(order) == ["base", "mid", "solo", "top-level"]
+    assert order.index("base") < order.index("mid") < order.index("top-level")
+    mats = _materializations(result)
+    mid = mats["mid"].metadata
+    assert mid["built_now"].value is True
+    assert isinstance(mid["build_seconds"].value, float) and mid["build_seconds"].value > 0
+    assert isinstance(mid["nar_size"].value, int) and mid["nar_size"].value > 0
+    assert mid["closure_size"].value > mid["nar_size"].value  # includes base
+    assert mid["drv_path"].value == graph["mid"].drv_path
+    assert mid["out_path"].value == graph["mid"].out_path
+    assert mid["nix_version"].value.startswith("nix (Nix) 2.")
+    assert mid["scope"].value == "auto"
+    assert mats["mid"].tags["dagster/data_version"] == Path(graph["mid"].out_path).name[:32]
+    # Out-links are GC roots in the configured folder.
+    link = tmp_path / "results" / "result-mid"
+    assert os.readlink(link) == graph["mid"].out_path
+
+    again = materialize([assets], resources={"nix": nix}, instance=instance)
+    assert again.success
+    assert {k: m.metadata["built_now"].value for k, m in _materializations(again).items()} == {
+        "base": False, "mid": False, "solo": False, "top-level": False,
+    }
+    assert _materializations(again)["mid"].metadata["build_seconds"].value == 0.0
+
+
+def test_code_version_is_drv_hash_and_keys_are_attrs(make_nix):
+    graph = make_nix().load_graph()
+    assets = nix_assets(graph)
+    spec = assets.specs_by_key[AssetKey("top-level")]
+    assert spec.code_version == graph["top-level"].drv_hash
+    assert {d.asset_key for d in spec.deps} == {AssetKey("base"), AssetKey("mid")}
+    assert spec.metadata["dagster-nix/attr"] == "top-level"
+    assert spec.metadata["dagster-nix/file"].value.endswith("packages/top-level.nix")
+    assert assets.can_subset
+
+
+def test_subset_builds_only_selection(make_nix):
+    nix = make_nix()
+    assets = nix_assets(nix.load_graph())
+    result = materialize([assets], resources={"nix": nix}, selection=["solo", "mid"],
+                         instance=DagsterInstance.ephemeral())
+    assert result.success
+    assert sorted(_materializations(result)) == ["mid", "solo"]
+
+
+def test_failure_fails_only_what_it_must(make_nix):
+    nix = make_nix(fail="mid")
+    assets = nix_assets(nix.load_graph())
+    result = materialize([assets], resources={"nix": nix}, instance=DagsterInstance.ephemeral(),
+                         raise_on_error=False)
+    assert not result.success
+    assert sorted(_materializations(result)) == ["base", "solo"]
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    error = failure.step_failure_data.error
+    message = error.message + (error.cause.message if error.cause else "")
+    assert "2 package(s) failed or blocked: mid, top-level" in message
+    assert "top-level: dependency failed: mid" in message
+    assert "something broke in mid" in message
+    assert NixBuildError.__name__ in {error.cls_name, error.cause.cls_name if error.cause else None}
+
+
+def test_translator_subclass_changes_keys_and_groups(make_nix):
+    class Prefixed(DagsterNixTranslator):
+        def get_description(self, package: NixPackage) -> str:
+            return f"pkg {package.attr}"
+
+    translator = Prefixed(DagsterNixTranslatorSettings(key_prefix=("nixpkgs",), group_name="pkgs"))
+    nix = make_nix()
+    assets = nix_assets(nix.load_graph(), translator=translator)
+    spec = assets.specs_by_key[AssetKey(["nixpkgs", "mid"])]
+    assert spec.group_name == "pkgs" and spec.description == "pkg mid"
+    assert {d.asset_key for d in spec.deps} == {AssetKey(["nixpkgs", "base"])}
+    result = materialize([assets], resources={"nix": nix}, selection=[AssetKey(["nixpkgs", "mid"])],
+                         instance=DagsterInstance.ephemeral())
+    assert result.success and list(_materializations(result)) == ["nixpkgs/mid"]
+
+
+def test_unknown_selection_is_a_clear_error(make_nix):
+    nix = make_nix()
+    assets = nix_assets(nix.load_graph())
+    with pytest.raises(Exception) as excinfo:
+        materialize([assets], resources={"nix": nix}, selection=["nope"], instance=DagsterInstance.ephemeral())
+    chain, error = [], excinfo.value
+    while error is not None:
+        chain.append(str(error))
+        error = error.__cause__
+    assert any("nope" in text for text in chain), chain
