@@ -57,6 +57,8 @@ let
       export HOME="$TMPDIR" GIT_TERMINAL_PROMPT=0
       git init -q "$out"
       cd "$out"
+      # The builder's user rarely owns a local upstream; this config lives in the build's own HOME.
+      git config --global safe.directory '*'
       git fetch -q --depth 1 -- "$url" "$rev" 2>/dev/null || git fetch -q -- "$url"
       git -c advice.detachedHead=false checkout -q "$rev" --
       rm -rf .git

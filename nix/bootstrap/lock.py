@@ -78,7 +78,8 @@ def top_level_modules(wheel: Path) -> list[str]:
                 modules.add(entry[:-3])
             elif entry.endswith(".so"):
                 modules.add(entry.split(".", 1)[0])
-    return sorted(m for m in modules if m.isidentifier())
+    # Public modules first: error messages name the first one.
+    return sorted((m for m in modules if m.isidentifier()), key=lambda m: (m.startswith("_"), m))
 
 
 def download(items: list[dict], python: str, dest: Path) -> None:

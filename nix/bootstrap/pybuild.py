@@ -169,7 +169,8 @@ def import_check(modules: list[str], path: list[str]) -> None:
 
 
 def requirements_check(wheel: Path, path: list[str]) -> None:
-    """Every Requires-Dist of the wheel (markers evaluated, extras off) is among its dependencies."""
+    """Second half of the import check: every Requires-Dist of the wheel (markers evaluated, extras
+    off) is among the dependencies, even when importing the top-level module does not reach it."""
     from email.parser import Parser
 
     from packaging.requirements import Requirement
@@ -184,6 +185,7 @@ def requirements_check(wheel: Path, path: list[str]) -> None:
             headers = Parser().parsestr(meta.read_text(errors="replace"), headersonly=True)
             installed[canonicalize_name(headers["Name"])] = headers["Version"]
     relaxed = {canonicalize_name(n) for n in json.loads(ENV["relaxDeps"])}
+    modules = json.loads(ENV["moduleIndex"])
     problems = []
     for spec in metadata.get_all("Requires-Dist") or []:
         req = Requirement(spec)
@@ -191,12 +193,13 @@ def requirements_check(wheel: Path, path: list[str]) -> None:
             continue
         name = canonicalize_name(req.name)
         if name not in installed:
-            problems.append(f"'{spec}' is missing: add python3Packages.{name} (or the package of that name)")
+            provides = ", ".join(f"'{m}'" for m in modules.get(name, [])) or "its modules"
+            problems.append(f"it requires '{spec}', so module {provides} must be importable, but "
+                            f"python3Packages.{name} is not among its dependencies: add it to `dependencies`")
         elif name not in relaxed and req.specifier and not req.specifier.contains(installed[name], prereleases=True):
-            problems.append(f"'{spec}' is not satisfied by {name} {installed[name]}")
+            problems.append(f"it requires '{spec}', but the dependencies provide {name} {installed[name]}")
     if problems:
-        fail(f"{ENV['pname']}: runtime dependencies check failed ({ENV['expression']}):\n  "
-             + "\n  ".join(problems))
+        fail(f"{ENV['pname']}: import check failed ({ENV['expression']}):\n  " + "\n  ".join(problems))
 
 
 def main() -> None:

@@ -1,0 +1,271 @@
+"""The Nix package set in nix/, built with the real Nix (bootstrap scope: no nixpkgs here)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NIX_DIR = REPO / "nix"
+PACKAGES = ["dagster-src", "dagster-shared", "dagster-pipes", "dagster", "dagster-graphql", "dagster-webserver"]
+PYTHON_PACKAGES = {
+    "dagster-shared": "dagster_shared",
+    "dagster-pipes": "dagster_pipes",
+    "dagster": "dagster",
+    "dagster-graphql": "dagster_graphql",
+    "dagster-webserver": "dagster_webserver",
+}
+FAKE_HASH = "sha256-" + "A" * 43 + "="
+NIX_ENV = {**os.environ, "NIX_CONFIG": "experimental-features = nix-command\nsubstituters =", "NIX_PATH": ""}
+
+pytestmark = pytest.mark.skipif(shutil.which("nix-build") is None, reason="Nix is not installed")
+
+
+def nix_build(nix_dir: Path, *attrs: str, out_link: Path, **argstrs: str) -> subprocess.CompletedProcess:
+    cmd = ["nix-build", str(nix_dir), "--out-link", str(out_link)]
+    for attr in attrs:
+        cmd += ["-A", attr]
+    for name, value in argstrs.items():
+        cmd += ["--argstr", name, value]
+    return subprocess.run(cmd, capture_output=True, text=True, env=NIX_ENV)
+
+
+def nix_eval(expr: str) -> object:
+    out = subprocess.run(["nix-instantiate", "--eval", "--json", "--strict", "-E", expr],
+                         capture_output=True, text=True, env=NIX_ENV, check=True).stdout
+    return json.loads(out)
+
+
+@pytest.fixture
+def nix_copy(tmp_path: Path) -> Path:
+    """A private copy of nix/ that a test may break."""
+    copy = tmp_path / "nix"
+    shutil.copytree(NIX_DIR, copy)
+    return copy
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new))
+
+
+def test_every_expression_parses():
+    files = sorted(NIX_DIR.rglob("*.nix"))
+    assert len(files) >= 9
+    for file in files:
+        subprocess.run(["nix-instantiate", "--parse", str(file)], capture_output=True, check=True, env=NIX_ENV)
+
+
+def test_default_nix_exposes_exactly_the_six_packages():
+    assert sorted(nix_eval(f"builtins.attrNames (import {NIX_DIR} {{}})")) == sorted(PACKAGES)
+
+
+def test_auto_scope_is_bootstrap_without_nixpkgs():
+    expr = (f"let s = import {NIX_DIR} {{}}; b = import {NIX_DIR} {{ scope = \"bootstrap\"; }}; "
+            "in s.dagster.drvPath == b.dagster.drvPath")
+    assert nix_eval(expr) is True
+
+
+def test_nixpkgs_scope_without_nixpkgs_says_what_to_pass():
+    result = subprocess.run(["nix-instantiate", str(NIX_DIR), "-A", "dagster", "--argstr", "scope", "nixpkgs"],
+                            capture_output=True, text=True, env=NIX_ENV)
+    assert result.returncode != 0
+    assert "--arg pkgs 'import <nixpkgs> {}'" in result.stderr
+
+
+def test_nixpkgs_scope_wires_the_same_expressions():
+    """No nixpkgs here: the nixpkgs code path is evaluated against the bootstrap scope's same names."""
+    stand_in = f"(import {NIX_DIR}/bootstrap {{}})"
+    drvs = nix_eval(f"builtins.mapAttrs (n: p: p.drvPath) (import {NIX_DIR} "
+                    f"{{ scope = \"nixpkgs\"; pkgs = {stand_in}; }})")
+    assert sorted(drvs) == sorted(PACKAGES)
+
+
+@pytest.mark.slow
+def test_bootstrap_builds_all_six_and_they_run_from_the_store(tmp_path: Path):
+    result = nix_build(NIX_DIR, *PACKAGES, out_link=tmp_path / "result")
+    assert result.returncode == 0, result.stderr[-4000:]
+    outs = dict(zip(PACKAGES, result.stdout.split()))
+    version = nix_eval(f"(import {NIX_DIR} {{}}).dagster.version")
+
+    for package, exe in [("dagster", "dagster"), ("dagster", "dagster-daemon"),
+                         ("dagster-graphql", "dagster-graphql"), ("dagster-webserver", "dagster-webserver")]:
+        run = subprocess.run([f"{outs[package]}/bin/{exe}", "--version"], capture_output=True, text=True, env={})
+        assert run.returncode == 0, run.stderr
+        assert version in run.stdout
+    # dagster-webserver-debug has no --version option upstream; it must still start from the store.
+    run = subprocess.run([f"{outs['dagster-webserver']}/bin/dagster-webserver-debug", "--help"],
+                         capture_output=True, text=True, env={})
+    assert run.returncode == 0 and "Usage: dagster-webserver-debug" in run.stdout, run.stderr
+
+    # Only store paths: the closure's site-packages and the interpreter, nothing from the host's site.
+    closure = subprocess.run(["nix-store", "-qR", *(outs[p] for p in PYTHON_PACKAGES)],
+                             capture_output=True, text=True, check=True).stdout.split()
+    site_dirs = [str(d) for p in closure for d in Path(p).glob("lib/python3*/site-packages")]
+    python = next(f"{p}/bin/python3" for p in closure if Path(p, "bin/python3").exists())
+    modules = [*PYTHON_PACKAGES.values(), "pydantic", "grpc"]
+    code = (f"import {', '.join(modules)}, sys\n"
+            f"files = [sys.modules[m].__file__ for m in {modules!r}]\n"
+            "assert all(f.startswith('/nix/store/') for f in files), files\n"
+            "print('ok', len(files))")
+    run = subprocess.run([python, "-S", "-c", code], capture_output=True, text=True,
+                         env={"PYTHONPATH": ":".join(site_dirs)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip() == f"ok {len(modules)}"
+
+    for package, module in PYTHON_PACKAGES.items():
+        dist = subprocess.run(["nix-build", str(NIX_DIR), "-A", f"{package}.dist", "--no-out-link"],
+                              capture_output=True, text=True, env=NIX_ENV, check=True).stdout.strip()
+        assert [w.name for w in Path(dist).glob("*.whl")] == [f"{module}-{version}-py3-none-any.whl"]
+
+
+def test_wrong_source_directory_names_the_closest_one(nix_copy: Path, tmp_path: Path):
+    edit(nix_copy / "packages/dagster-shared.nix",
+         '"python_modules/libraries/dagster-shared"', '"python_modules/dagster-shared"')
+    result = nix_build(nix_copy, "dagster-shared", out_link=tmp_path / "result")
+    assert result.returncode != 0
+    assert "dagster-src has no directory 'python_modules/dagster-shared'" in result.stderr
+    assert "closest existing directory is 'python_modules/libraries/dagster-shared'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("package", "old", "new", "expected"),
+    [
+        # Problem 1: dagster-shared without pyyaml.
+        ("dagster-shared", "    pyyaml\n", "", ["module 'yaml'", "python3Packages.pyyaml", "dagster-shared.nix:3"]),
+        # Problem 2: pydantic (dagster reaches it through dagster-shared in 1.13).
+        ("dagster-shared", "    pydantic\n", "", ["module 'pydantic'", "python3Packages.pydantic"]),
+        # Problem 3: dagster-graphql without gql's requests transport.
+        ("dagster-graphql", "  ++ python3Packages.gql.optional-dependencies.requests;", ";",
+         ["module 'requests_toolbelt'", "python3Packages.requests-toolbelt", "dagster-graphql.nix"]),
+    ],
+)
+def test_missing_runtime_dependency_fails_the_import_check(
+    nix_copy: Path, tmp_path: Path, package: str, old: str, new: str, expected: list[str]
+):
+    edit(nix_copy / f"packages/{package}.nix", old, new)
+    result = nix_build(nix_copy, package, out_link=tmp_path / "result")
+    assert result.returncode != 0
+    assert f"{package}: import check failed" in result.stderr
+    for text in expected:
+        assert text in result.stderr
+
+
+def test_undeclared_requirement_fails_the_runtime_dependencies_check(nix_copy: Path, tmp_path: Path):
+    # dagster_shared imports without packaging, but its metadata requires it (problem 1).
+    edit(nix_copy / "packages/dagster-shared.nix", "    packaging\n", "")
+    result = nix_build(nix_copy, "dagster-shared", out_link=tmp_path / "result")
+    assert result.returncode != 0
+    assert "dagster-shared: import check failed (dagster-shared.nix:3)" in result.stderr
+    assert ("requires 'packaging>=20.9', so module 'packaging' must be importable, "
+            "but python3Packages.packaging is not among its dependencies") in result.stderr
+
+
+def test_wrong_source_hash_shows_specified_and_got(nix_copy: Path, tmp_path: Path):
+    pins = json.loads((nix_copy / "pins.json").read_text())
+    real = pins["release"]["hashes"]["dagster-pipes"]
+    pins["release"]["hashes"]["dagster-pipes"] = FAKE_HASH
+    (nix_copy / "pins.json").write_text(json.dumps(pins))
+    result = nix_build(nix_copy, "dagster-pipes", out_link=tmp_path / "result")
+    assert result.returncode != 0
+    assert "hash mismatch in fixed-output derivation" in result.stderr
+    assert re.search(rf"specified:\s+{re.escape(FAKE_HASH)}", result.stderr)
+    assert re.search(rf"got:\s+{re.escape(real)}", result.stderr)
+
+
+@pytest.fixture
+def upstream_dir():
+    """A folder the nixbld users can read (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="dagster-upstream-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+def make_monorepo(tmp_path: Path) -> tuple[Path, str]:
+    """A real git repository in Dagster's layout, made from the pinned release's source tree."""
+    tree = subprocess.run(["nix-build", str(NIX_DIR), "-A", "dagster-src", "--no-out-link"],
+                          capture_output=True, text=True, env=NIX_ENV, check=True).stdout.strip()
+    work = tmp_path / "work"
+    for sub in ["python_modules/dagster-pipes", "python_modules/libraries/dagster-shared"]:
+        shutil.copytree(Path(tree, sub), work / sub)
+    git = ["git", "-C", str(work), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run(["git", "init", "-q", "-b", "master", str(work)], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "monorepo"], check=True)
+    rev = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    bare = tmp_path / "dagster.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(bare)], check=True)
+    return bare, rev
+
+
+@pytest.mark.parametrize("url_form", ["path", "file-url"])
+def test_git_mode_builds_from_a_local_repository(
+    nix_copy: Path, tmp_path: Path, upstream_dir: Path, url_form: str
+):
+    bare, rev = make_monorepo(upstream_dir)
+    pins = json.loads((nix_copy / "pins.json").read_text())
+    version = pins["release"]["version"]
+    pins["source"] = "git"
+    pins["git"] = {"url": str(bare) if url_form == "path" else f"file://{bare}", "branch": "master",
+                   "rev": rev, "hash": FAKE_HASH, "version": version}
+    (nix_copy / "pins.json").write_text(json.dumps(pins))
+
+    first = nix_build(nix_copy, "dagster-pipes", out_link=tmp_path / "result")
+    assert first.returncode != 0
+    got = re.search(r"got:\s+(sha256-\S+)", first.stderr)
+    assert got, first.stderr[-2000:]
+
+    pins["git"]["hash"] = got.group(1)
+    (nix_copy / "pins.json").write_text(json.dumps(pins))
+    second = nix_build(nix_copy, "dagster-pipes", "dagster-shared", out_link=tmp_path / "result")
+    assert second.returncode == 0, second.stderr[-3000:]
+    pipes = second.stdout.split()[0]
+    assert list(Path(pipes).glob("lib/python3*/site-packages/dagster_pipes/__init__.py"))
+
+
+def test_git_mode_rejects_a_short_rev(nix_copy: Path, tmp_path: Path):
+    pins = json.loads((nix_copy / "pins.json").read_text())
+    pins["source"] = "git"
+    pins["git"]["rev"] = "abc123"
+    (nix_copy / "pins.json").write_text(json.dumps(pins))
+    result = nix_build(nix_copy, "dagster-pipes", out_link=tmp_path / "result")
+    assert result.returncode != 0
+    assert "git.rev must be a full 40-hex commit" in result.stderr
+
+
+def test_lock_pins_every_wheel_by_sha256():
+    lock = json.loads((NIX_DIR / "bootstrap/wheels.json").read_text())
+    assert lock["python"] == "3.11"
+    for name, wheel in lock["wheels"].items():
+        assert re.fullmatch(r"[0-9a-f]{64}", wheel["sha256"]), name
+        assert wheel["file"].endswith(".whl") and "/" not in wheel["file"]
+        assert set(wheel["deps"]) <= set(lock["wheels"]), name
+    # No index host or local mirror path is written into the lock.
+    text = (NIX_DIR / "bootstrap/wheels.json").read_text()
+    assert "://" not in text and "/opt/" not in text
+
+
+def sri(data: bytes) -> str:
+    return "sha256-" + base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+@pytest.mark.slow
+def test_release_sdists_match_the_pins(tmp_path: Path):
+    pins = json.loads((NIX_DIR / "pins.json").read_text())
+    for name, expected in pins["release"]["hashes"].items():
+        sdist = subprocess.run(
+            ["nix-build", "-E", f"(import {NIX_DIR}/bootstrap {{}}).fetchPypi {{ pname = \"{name.replace('-', '_')}\"; "
+             f"version = \"{pins['release']['version']}\"; hash = \"{expected}\"; }}", "--no-out-link"],
+            capture_output=True, text=True, env=NIX_ENV, check=True).stdout.strip()
+        assert sri(Path(sdist).read_bytes()) == expected
