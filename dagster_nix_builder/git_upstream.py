@@ -1,11 +1,12 @@
 """Ask upstream what is new: the head of a git branch, and the newest release on the Python package index.
 
-Neither lookup clones or downloads anything: `git ls-remote` lists refs, and `pip index versions` lists the
+Neither lookup clones or downloads anything: `git ls-remote` lists refs, and pip's package finder lists the
 versions of which an sdist is published, through the user's own pip configuration (index, mirrors, proxies).
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -62,45 +63,62 @@ def ls_remote_head(url: str, branch: str, *, timeout: float = DEFAULT_TIMEOUT_SE
     raise UpstreamError(f"{url} has no ref {ref}")
 
 
+# `pip index versions` ignores --no-binary, so it cannot tell a published sdist from a wheel. This asks
+# pip's own package finder (the one `pip download` uses), configured by pip from the user's
+# configuration plus `pip_args`, for the candidates that are sdists. It lists links, downloads nothing.
+_SDIST_VERSIONS_SCRIPT = """
+import json, sys
+from pip._internal.commands import create_command
+command = create_command("download")
+options, _ = command.parse_args(["--no-deps", "--no-binary", ":all:", *sys.argv[2:], sys.argv[1]])
+with command._build_session(options) as session:
+    finder = command._build_package_finder(options=options, session=session)
+    candidates = finder.find_all_candidates(sys.argv[1])
+print(json.dumps(sorted({str(c.version) for c in candidates if not c.link.is_wheel})))
+"""
+
+
 def sdist_versions(
     package: str,
     *,
     pip_args: Sequence[str] = (),
     python: str = sys.executable,
     timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    pre: bool = False,
 ) -> list[str]:
     """Versions of a package on the index that have an sdist, newest first.
 
-    Runs `python -m pip index versions --no-binary :all: PACKAGE` with the user's pip configuration plus
-    `pip_args` (e.g. `--no-index --find-links DIR` for a local folder). Pre-releases are left out.
+    Asks pip's package finder with the user's pip configuration plus `pip_args` (e.g.
+    `--no-index --find-links DIR` for a local folder), keeping sdists only. Nothing is downloaded.
+
+    Args:
+        package: The distribution name.
+        pip_args: Extra pip arguments.
+        python: The interpreter whose pip to use.
+        timeout: Seconds before pip is killed.
+        pre: Include pre-releases.
 
     Returns:
         The versions, or an empty list if the index has no sdist of the package.
 
     Raises:
-        UpstreamError: If pip fails for another reason (index unreachable, bad arguments).
+        UpstreamError: If pip fails (bad arguments, a pip without the finder this relies on).
     """
     validate_git_argument(package, "package name")
-    cmd = [
-        python, "-m", "pip", "index", "versions", "--disable-pip-version-check",
-        "--no-binary", ":all:", *pip_args, package,
-    ]  # fmt: skip
+    cmd = [python, "-c", _SDIST_VERSIONS_SCRIPT, package, *pip_args]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise UpstreamError(f"{' '.join(cmd)}: {e}") from e
-    if proc.returncode != 0:
-        if "No matching distribution found" in proc.stderr:
-            return []
-        errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR")] or [
-            proc.stderr.strip()[-500:]
-        ]
-        raise UpstreamError(f"pip index versions {package} failed (exit {proc.returncode}): {errors}")
-    for line in proc.stdout.splitlines():
-        if line.startswith("Available versions:"):
-            versions = [v.strip() for v in line.partition(":")[2].split(",") if v.strip()]
-            return sorted(versions, key=_version_key, reverse=True)
-    return []
+        raise UpstreamError(f"listing the sdists of {package} failed: {e}") from e
+    try:
+        if proc.returncode != 0:
+            raise ValueError(proc.stderr.strip().splitlines()[-1:] or f"exit {proc.returncode}")
+        versions = [str(v) for v in json.loads(proc.stdout.strip().splitlines()[-1])]
+    except (ValueError, IndexError) as e:
+        raise UpstreamError(f"listing the sdists of {package} with pip failed: {e}") from e
+    if not pre:
+        versions = [v for v in versions if not _version_key(v).is_prerelease]
+    return sorted(versions, key=_version_key, reverse=True)
 
 
 def _version_key(v: str) -> Version:
