@@ -1,0 +1,124 @@
+"""Cold and warm (no-op) build time of the six packages with a bare `nix-build`, no Dagster involved.
+
+    .venv/bin/python bench/package_set.py [--runs 5] [--json bench/results/package_set.json]
+
+Cold: every store path the six need (outputs of all their derivations, fetches included) is deleted
+first, so the build downloads the wheels and sdists and builds everything. The log (internal-json)
+splits the cold time into fetching (fixed-output derivations) and the rest. Warm: the same command
+again with everything valid, several runs, median. It deletes store paths: run it on a build machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ["dagster-src", "dagster-shared", "dagster-pipes", "dagster", "dagster-graphql", "dagster-webserver"]
+ENV = {**os.environ, "NIX_CONFIG": "experimental-features = nix-command\nsubstituters =", "NIX_PATH": ""}
+
+
+def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=ENV, text=True, capture_output=True, **kwargs)
+
+
+def drv_paths() -> list[str]:
+    cmd = ["nix-instantiate", str(REPO / "nix")]
+    for attr in PACKAGES:
+        cmd += ["-A", attr]
+    return run(cmd, check=True).stdout.split()
+
+
+def delete_everything_built(drvs: list[str]) -> int:
+    """Delete every output of the six's derivation closure (and whatever refers to them)."""
+    requisites = run(["nix-store", "-qR", "--include-outputs", *drvs], check=True).stdout.split()
+    outputs = [p for p in requisites if not p.endswith(".drv") and os.path.exists(p)]
+    if not outputs:
+        return 0
+    doomed = run(["nix-store", "-q", "--referrers-closure", *outputs], check=True).stdout.split()
+    doomed = [p for p in doomed if not p.endswith(".drv")]
+    result = run(["nix-store", "--delete", "--ignore-liveness", *doomed])
+    if result.returncode != 0:
+        sys.exit(f"bench: could not delete the previous build:\n{result.stderr[-2000:]}")
+    return len(doomed)
+
+
+def timed_build() -> tuple[float, list[dict]]:
+    cmd = ["nix", "--log-format", "internal-json", "-v", "build", "--no-link", "-f", str(REPO / "nix"), *PACKAGES]
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, env=ENV, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    events = []
+    for line in proc.stderr:
+        if line.startswith("@nix "):
+            event = json.loads(line[5:])
+            event["t"] = time.monotonic() - start
+            events.append(event)
+    if proc.wait() != 0:
+        messages = [e.get("msg", "") for e in events if e.get("action") == "msg" and e.get("level", 9) <= 0]
+        sys.exit("bench: nix build failed:\n" + "\n".join(messages)[-3000:])
+    return time.monotonic() - start, events
+
+
+def split_fetching(events: list[dict], fixed_output: set[str]) -> dict[str, float]:
+    """Wall-clock spans of the fetches (fixed-output derivations) and of all the other builds."""
+    started = {e["id"]: e for e in events if e.get("action") == "start" and e.get("type") == 105}
+    spans = {"fetch": [], "build": []}
+    for e in events:
+        if e.get("action") == "stop" and e["id"] in started:
+            begin = started[e["id"]]
+            kind = "fetch" if begin["fields"][0] in fixed_output else "build"
+            spans[kind].append((begin["t"], e["t"]))
+    out = {}
+    for kind, intervals in spans.items():
+        covered, end = 0.0, 0.0
+        for a, b in sorted(intervals):  # union of intervals: time during which at least one ran
+            a = max(a, end)
+            if b > a:
+                covered += b - a
+                end = b
+        out[f"{kind}_wall_s"] = round(covered, 2)
+        out[f"{kind}_count"] = len(intervals)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=5, help="warm runs (median reported)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+
+    drvs = drv_paths()
+    all_drvs = run(["nix-store", "-qR", *drvs], check=True).stdout.split()
+    fixed_output = set()
+    for drv in all_drvs:
+        if drv.endswith(".drv") and '"outputHash"' in Path(drv).read_text():
+            fixed_output.add(drv)
+    deleted = delete_everything_built(drvs)
+
+    cold, events = timed_build()
+    figures = {"cold_s": round(cold, 2), "deleted_paths": deleted, "derivations": len(all_drvs)}
+    figures.update(split_fetching(events, fixed_output))
+    warm = []
+    for _ in range(args.runs):
+        t, _ = timed_build()
+        warm.append(t)
+    figures["warm_median_s"] = round(statistics.median(warm), 3)
+    figures["warm_runs_s"] = [round(t, 3) for t in warm]
+    figures["children_max_rss_mib"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
+    figures["nix"] = run(["nix", "--version"]).stdout.strip()
+    figures["cores"] = os.cpu_count()
+    print(json.dumps(figures, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
