@@ -70,11 +70,15 @@ _SDIST_VERSIONS_SCRIPT = """
 import json, sys
 from pip._internal.commands import create_command
 command = create_command("download")
-options, _ = command.parse_args(["--no-deps", "--no-binary", ":all:", *sys.argv[2:], sys.argv[1]])
+packages = json.loads(sys.argv[1])
+options, _ = command.parse_args(["--no-deps", "--no-binary", ":all:", *sys.argv[2:], *packages])
+found = {}
 with command._build_session(options) as session:
     finder = command._build_package_finder(options=options, session=session)
-    candidates = finder.find_all_candidates(sys.argv[1])
-print(json.dumps(sorted({str(c.version) for c in candidates if not c.link.is_wheel})))
+    for package in packages:
+        candidates = finder.find_all_candidates(package)
+        found[package] = sorted({str(c.version) for c in candidates if not c.link.is_wheel})
+print(json.dumps(found))
 """
 
 
@@ -104,21 +108,31 @@ def sdist_versions(
     Raises:
         UpstreamError: If pip fails (bad arguments, a pip without the finder this relies on).
     """
-    validate_git_argument(package, "package name")
-    cmd = [python, "-c", _SDIST_VERSIONS_SCRIPT, package, *pip_args]
+    return _sdist_versions_of([package], pip_args, python, timeout, pre)[package]
+
+
+def _sdist_versions_of(
+    packages: Sequence[str], pip_args: Sequence[str], python: str, timeout: float, pre: bool = False
+) -> dict[str, list[str]]:
+    """One pip process listing the sdist versions of several packages (a finder per call costs ~1 s)."""
+    for package in packages:
+        validate_git_argument(package, "package name")
+    cmd = [python, "-c", _SDIST_VERSIONS_SCRIPT, json.dumps(list(packages)), *pip_args]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise UpstreamError(f"listing the sdists of {package} failed: {e}") from e
+        raise UpstreamError(f"listing the sdists of {', '.join(packages)} failed: {e}") from e
     try:
         if proc.returncode != 0:
             raise ValueError(proc.stderr.strip().splitlines()[-1:] or f"exit {proc.returncode}")
-        versions = [str(v) for v in json.loads(proc.stdout.strip().splitlines()[-1])]
-    except (ValueError, IndexError) as e:
-        raise UpstreamError(f"listing the sdists of {package} with pip failed: {e}") from e
-    if not pre:
-        versions = [v for v in versions if not _version_key(v).is_prerelease]
-    return sorted(versions, key=_version_key, reverse=True)
+        found = json.loads(proc.stdout.strip().splitlines()[-1])
+        result = {p: [str(v) for v in found[p]] for p in packages}
+    except (ValueError, IndexError, KeyError, TypeError) as e:
+        raise UpstreamError(f"listing the sdists of {', '.join(packages)} with pip failed: {e}") from e
+    return {
+        p: sorted((v for v in vs if pre or not _version_key(v).is_prerelease), key=_version_key, reverse=True)
+        for p, vs in result.items()
+    }
 
 
 def _version_key(v: str) -> Version:
@@ -144,9 +158,8 @@ def latest_release(
         UpstreamError: If the index cannot be asked.
     """
     common: set[str] | None = None
-    for package in packages:
-        versions = set(sdist_versions(package, pip_args=pip_args, python=python, timeout=timeout))
-        common = versions if common is None else common & versions
+    for versions in _sdist_versions_of(packages, pip_args, python, timeout).values():
+        common = set(versions) if common is None else common & set(versions)
     if not common:
         return None
     return max(common, key=_version_key)
@@ -161,8 +174,5 @@ def missing_sdists(
     timeout: float = DEFAULT_TIMEOUT_SECONDS,
 ) -> list[str]:
     """Which of `packages` have no sdist of `version` on the index (empty when the release is complete)."""
-    return [
-        p
-        for p in packages
-        if version not in sdist_versions(p, pip_args=pip_args, python=python, timeout=timeout)
-    ]
+    found = _sdist_versions_of(packages, pip_args, python, timeout, pre=True)
+    return [p for p in packages if version not in found[p]]
