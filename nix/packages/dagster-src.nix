@@ -1,7 +1,13 @@
 # Dagster's monorepo source tree, in the same layout whichever way it is obtained, so the package
 # expressions never change: from the five sdists of one pinned release, or from git at a rev.
 # Each package cuts its own directory out with `dagster-src.subdir` (a directory can't be a `src`).
-{ runCommand, fetchgit, fetchPypi, dagsterPins, dagsterSource ? dagsterPins.source }:
+{ runCommand
+, fetchgit
+, fetchPypi
+  # Given by nix/default.nix; the defaults serve callers that only know callPackage (Flox).
+, dagsterPins ? builtins.fromJSON (builtins.readFile ../pins.json)
+, dagsterSource ? dagsterPins.source
+}:
 let
   inherit (builtins) attrNames concatStringsSep mapAttrs match replaceStrings throw;
 
