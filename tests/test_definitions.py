@@ -104,3 +104,39 @@ def test_definitions_load_the_real_six(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr
     for key in ("dagster-src", "dagster-shared", "dagster-pipes", "dagster", "dagster-graphql", "dagster-webserver"):
         assert f"'{key}'" in proc.stdout
+
+
+def _sleepers(marker: str) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if marker in line and "ps -eo" not in line]
+
+
+def test_cancelled_run_stops_nix_and_the_next_run_succeeds(tmp_path: Path, salt: str):
+    """A UI cancel ends in SIGINT to the run worker; do that to `dagster asset materialize`."""
+    import signal
+    import time
+
+    config = tmp_path / "nix-builder.yaml"
+    config.write_text(f"nix_args:\n  salt: {salt}\n  sleep: '41'\n")
+    env = _env(tmp_path, TINY, DAGSTER_NIX_CONFIG=str(config))
+    dagster = str(Path(sys.executable).parent / "dagster")
+    command = [dagster, "asset", "materialize", "-m", "dagster_nix_builder.definitions", "--select", "solo"]
+    proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    deadline = time.monotonic() + 60
+    while not _sleepers("/bin/sleep 41") and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert _sleepers("/bin/sleep 41"), "the build should be running"
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert time.monotonic() - started < 30
+    assert proc.returncode != 0
+    assert "Stopping nix" in output or "interrupt" in output.lower(), output[-3000:]
+    deadline = time.monotonic() + 15
+    while (_sleepers("/bin/sleep 41") or _sleepers(f"--argstr salt {salt}")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _sleepers("/bin/sleep 41") and not _sleepers(f"--argstr salt {salt}"), "nothing left running"
+    config.write_text(f"nix_args:\n  salt: {salt}\n")  # same set, no sleep: builds fine now
+    again = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=180, check=False)
+    assert again.returncode == 0, again.stderr[-3000:]
