@@ -121,6 +121,9 @@ let
     python = "${python3}/bin/python3";
     inherit sitePackages;
     runtimePath = pythonPathOf dependencies;
+    # As in nixpkgs: $out/nix-support/propagated-build-inputs names the interpreter and the direct
+    # dependencies, so every package's runtime closure holds its interpreter.
+    propagatedBuildInputs = [ python3 ] ++ dependencies;
   } // extraAttrs) // {
     pythonDependencies = dependencies;
   };

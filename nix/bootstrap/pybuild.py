@@ -71,6 +71,9 @@ def install_wheel(wheel: Path, closure: list[str]) -> None:
         entry_points = zf.read(f"{dist_info}/entry_points.txt").decode() \
             if f"{dist_info}/entry_points.txt" in names else ""
     write_wrappers(entry_points, [str(SITE)] + closure)
+    support = OUT / "nix-support"
+    support.mkdir(exist_ok=True)
+    (support / "propagated-build-inputs").write_text(ENV["propagatedBuildInputs"] + "\n")
 
 
 def write_wrappers(entry_points: str, path: list[str]) -> None:
