@@ -101,26 +101,31 @@ class NixPackageGraph:
 
 
 def _toposort(packages: Mapping[str, NixPackage]) -> list[str]:
+    """Dependencies first; iterative, so long chains (thousands of packages) don't hit the recursion limit."""
     order: list[str] = []
-    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
-
-    def visit(attr: str, path: list[str]) -> None:
-        if state.get(attr) == 2:
-            return
-        if state.get(attr) == 1:
-            start = path.index(attr)
-            cycle = [*path[start:], attr]
-            raise NixDependencyCycleError(
-                cycle, {a: packages[a].file for a in cycle if packages[a].file}  # type: ignore[misc]
-            )
-        state[attr] = 1
-        for dep in sorted(packages[attr].deps):
-            visit(dep, [*path, attr])
-        state[attr] = 2
-        order.append(attr)
-
-    for attr in sorted(packages):
-        visit(attr, [])
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    for root in sorted(packages):
+        if state.get(root):
+            continue
+        path = [root]
+        stack = [iter(sorted(packages[root].deps))]
+        state[root] = 1
+        while stack:
+            dep = next(stack[-1], None)
+            if dep is None:
+                stack.pop()
+                done = path.pop()
+                state[done] = 2
+                order.append(done)
+                continue
+            if state.get(dep) == 2:
+                continue
+            if state.get(dep) == 1:
+                cycle = [*path[path.index(dep):], dep]
+                raise NixDependencyCycleError(cycle, {a: packages[a].file for a in cycle if packages[a].file})  # type: ignore[misc]
+            state[dep] = 1
+            path.append(dep)
+            stack.append(iter(sorted(packages[dep].deps)))
     return order
 
 

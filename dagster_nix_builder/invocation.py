@@ -386,16 +386,16 @@ class NixBuildInvocation:
         reported: set[str] = set()
         failures: dict[str, str] = {}
 
+        upstream = {a: self.graph.upstream(a) & selected for a in self.attrs}
+
         def selected_upstream(attr: str) -> set[str]:
-            return self.graph.upstream(attr) & selected
+            return upstream[attr]
 
         def flush() -> Iterator[MaterializeResult]:
             progress = True
             while progress:
                 progress = False
-                for attr in self.attrs:
-                    if attr in reported or attr in failures or attr not in done:
-                        continue
+                for attr in [a for a in self.attrs if a in done and a not in reported and a not in failures]:
                     ups = selected_upstream(attr)
                     broken = sorted(u for u in ups if u in failures)
                     if broken:
@@ -415,7 +415,7 @@ class NixBuildInvocation:
                                 f"{attr} (imports check)",
                                 str(result.description or "imports check failed"),
                             )
-                            for down in self.graph.downstream(attr) & selected:
+                            for down in (a for a in self.attrs if attr in upstream[a]):
                                 failures.setdefault(
                                     down, f"not materialized: the imports check of {attr} failed"
                                 )
