@@ -140,3 +140,12 @@ def test_cancelled_run_stops_nix_and_the_next_run_succeeds(tmp_path: Path, salt:
     config.write_text(f"nix_args:\n  salt: {salt}\n")  # same set, no sleep: builds fine now
     again = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=180, check=False)
     assert again.returncode == 0, again.stderr[-3000:]
+
+
+def test_no_nix_on_path_is_a_clear_error(tmp_path: Path):
+    env = _env(tmp_path, TINY)
+    env["PATH"] = str(Path(sys.executable).parent)  # the venv only: no nix
+    proc = _load(env)
+    assert proc.returncode != 0
+    assert "Nix executable 'nix' was not found on PATH" in proc.stderr
+    assert "apt-get install nix-bin" in proc.stderr
