@@ -72,7 +72,8 @@ let
   set = import nixDir (removeAttrs args [ "nixDir" ]);
   isDrv = n: let r = builtins.tryEval (let v = set.${n}; in builtins.isAttrs v && (v.type or null) == "derivation");
              in r.success && r.value;
-  drvOf = n: let r = builtins.tryEval set.${n}.drvPath; in if r.success then r.value else null;
+  drvOf = n: let r = builtins.tryEval set.${n}.drvPath; in
+    if r.success then { drvPath = r.value; outputs = set.${n}.outputs or [ "out" ]; } else null;
 in builtins.listToAttrs (map (n: { name = n; value = drvOf n; }) (builtins.filter isDrv (builtins.attrNames set)))
 """
 
@@ -214,7 +215,11 @@ class UpdateSettings:
         source_attr: The attribute of the source.
         lock_python: Interpreter running `nix/bootstrap/lock.py` in release updates.
         pip_args: Extra pip arguments for the release lookup (e.g. `--no-index --find-links DIR`).
-        run_version_checks: Run every `bin/*` of the rebuilt packages with `--version`.
+        package_set_checks: Run the asset checks of `dagster_nix_builder.checks` that apply to each rebuilt
+            package (`imports`, `cli_version`; `smoke` too with `run_smoke_check`), as the assets would.
+        run_smoke_check: Also start the rebuilt webserver (the `smoke` check; slow).
+        run_version_checks: Run every `bin/*` of a rebuilt package with `--version` when the package-set
+            checks do not cover it (no checks apply to it, or `package_set_checks` is off).
         checks: Further checks, called with the rebuilt attributes and their out paths; raise to fail.
         timeout_seconds: Limit of each Nix/lock command.
         author: `Name <email>` of the commit when git has no identity configured.
@@ -228,6 +233,8 @@ class UpdateSettings:
     source_attr: str = "dagster-src"
     lock_python: str = "/usr/bin/python3"
     pip_args: Sequence[str] = ()
+    package_set_checks: bool = True
+    run_smoke_check: bool = False
     run_version_checks: bool = True
     checks: Sequence[Callable[[Mapping[str, Sequence[str]]], None]] = ()
     timeout_seconds: float = 3600
@@ -315,6 +322,7 @@ class Updater:
         self.repo_dir = Path(settings.repo_dir).resolve()
         self._originals: dict[Path, bytes | None] = {}
         self._journal_active = False
+        self._outputs_of: dict[str, list[str]] = {}
 
     # -- public --------------------------------------------------------------------------------------
 
@@ -386,7 +394,7 @@ class Updater:
             built = self._build_downstream(mode)
 
             step = UpdateStep.CHECK
-            checks = self._check(built)
+            checks = self._check(mode, built)
 
             step = UpdateStep.COMMIT
             changed = self._changed_files(repo, edited)
@@ -489,24 +497,30 @@ class Updater:
         return hashes
 
     def _build_downstream(self, mode: str) -> dict[str, tuple[str, ...]]:
-        attrs = [self.settings.source_attr, *self._downstream_attrs(mode)]
+        drvs = self._drv_paths(mode)
+        attrs = [self.settings.source_attr, *self._downstream_attrs(drvs)]
         self.log(f"rebuilding {', '.join(attrs)}")
-        proc = self._nix_build(attrs, mode, json_out=True)
+        # Every output (a Python package's `dist` too), as the checks look at all of them.
+        installables = [
+            f"{a}.{o}" if len(self._outputs_of.get(a, [])) > 1 else a
+            for a in attrs
+            for o in (self._outputs_of.get(a) or ["out"])
+        ]
+        proc = self._nix_build(list(dict.fromkeys(installables)), mode, json_out=True)
         if proc.returncode != 0:
             raise UpdateError(
                 UpdateStep.BUILD,
                 f"rebuilding {', '.join(attrs)} failed (exit {proc.returncode})",
                 _errors(proc.stderr),
             )
-        results = json.loads(proc.stdout or "[]")
-        built: dict[str, tuple[str, ...]] = {}
-        for attr, result in zip(attrs, results, strict=False):
-            built[attr] = tuple(result.get("outputs", {}).values())
-        return built
+        # `nix build --json` does not promise the order of its results: match them by derivation.
+        outputs: dict[str, dict[str, str]] = {}
+        for r in json.loads(proc.stdout or "[]"):
+            outputs.setdefault(r["drvPath"], {}).update(r.get("outputs", {}))
+        return {attr: tuple(outputs.get(drvs[attr], {}).values()) for attr in attrs}
 
-    def _downstream_attrs(self, mode: str) -> list[str]:
+    def _downstream_attrs(self, drvs: Mapping[str, str]) -> list[str]:
         """Attributes of the set whose derivation depends on the source's, asked from Nix."""
-        drvs = self._drv_paths(mode)
         source_drv = drvs.get(self.settings.source_attr)
         if not source_drv:
             raise UpdateError(
@@ -532,12 +546,19 @@ class Updater:
         proc = _run(cmd, env=self._env(), timeout=self.settings.timeout_seconds)
         if proc.returncode != 0:
             raise UpdateError(UpdateStep.BUILD, "evaluating the package set failed", _errors(proc.stderr))
-        return {k: v for k, v in json.loads(proc.stdout).items() if v}
+        data = {k: v for k, v in json.loads(proc.stdout).items() if v}
+        self._outputs_of = {k: list(v["outputs"]) for k, v in data.items()}
+        return {k: v["drvPath"] for k, v in data.items()}
 
-    def _check(self, built: Mapping[str, Sequence[str]]) -> list[str]:
+    def _check(self, mode: str, built: Mapping[str, Sequence[str]]) -> list[str]:
         passed: list[str] = []
+        covered: set[str] = set()
+        if self.settings.package_set_checks:
+            covered = self._package_set_checks(mode, built, passed)
         if self.settings.run_version_checks:
             for attr, outs in built.items():
+                if attr in covered:
+                    continue
                 for out in outs:
                     bindir = Path(out) / "bin"
                     if not bindir.is_dir():
@@ -563,6 +584,60 @@ class Updater:
         for line in passed:
             self.log(f"check passed: {line}")
         return passed
+
+    def _package_set_checks(
+        self, mode: str, built: Mapping[str, Sequence[str]], passed: list[str]
+    ) -> set[str]:
+        """Run the asset checks of the code location on the rebuilt packages; returns the attributes covered."""
+        from dagster import AssetKey
+
+        from dagster_nix_builder import checks as asset_checks
+        from dagster_nix_builder.resource import NixResource
+
+        extra = {k: v for k, v in self.settings.nix_args.items() if k != "scope"}
+        nix = NixResource(
+            executable=self.settings.nix_executable,
+            nix_dir=str(self.repo_dir / self.settings.nix_dir),
+            scope=self.settings.nix_args.get("scope"),
+            nix_args={**extra, "source": mode},
+            nix_config=self.settings.nix_config,
+        )
+        try:
+            graph = nix.load_graph()
+        except NixBuilderError as e:
+            raise UpdateError(
+                UpdateStep.CHECK, f"loading the package graph for the checks failed: {e}"
+            ) from e
+        covered: set[str] = set()
+        for attr, outs in built.items():
+            if attr not in graph:
+                continue
+            package = graph[attr]
+            if set(package.outputs.values()) != set(outs):
+                raise UpdateError(
+                    UpdateStep.CHECK, f"{attr}: the checked package is not the one built ({package.outputs})"
+                )
+            key = AssetKey(attr)
+            names = [spec.name for spec in asset_checks.check_specs_for(package, key)]
+            for name in names:
+                if name == asset_checks.IMPORTS:
+                    result = asset_checks.check_imports(nix, graph, package, key)
+                elif name == asset_checks.CLI_VERSION:
+                    result = asset_checks.check_cli_version(package, key)
+                elif name == asset_checks.SMOKE and self.settings.run_smoke_check:
+                    result = asset_checks.check_webserver_smoke(package, key)
+                else:
+                    continue
+                if not result.passed:
+                    raise UpdateError(
+                        UpdateStep.CHECK,
+                        f"{attr}: check {name} failed",
+                        [result.description or "(no detail)"],
+                    )
+                passed.append(f"{attr}: {name}")
+            if names:
+                covered.add(attr)
+        return covered
 
     def _changed_files(self, repo: git.Repo, paths: Sequence[str]) -> list[str]:
         out = repo.git.status("--porcelain=v1", "--untracked-files=all", "--", *paths)

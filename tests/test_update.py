@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -244,3 +245,88 @@ def test_parse_hash_mismatches_reads_plain_and_json_output() -> None:
     assert sdist_package_name(m.drv_name, "1.13.27") == "dagster-shared"
     as_json = "@nix " + json.dumps({"action": "msg", "level": 0, "msg": "\x1b[31;1merror:\x1b[0m " + plain})
     assert parse_hash_mismatches("@nix {garbage\n" + as_json) == [m]
+
+
+REPO = Path(__file__).resolve().parent.parent
+REPO_NIX = REPO / "nix"
+
+
+def _store_inputs(drv_of_attr: str, pattern: str) -> list[Path]:
+    """Realise the fixed-output inputs of one package of the real set matching `pattern` (by name)."""
+    env = {**os.environ, "NIX_CONFIG": NIX_CONFIG}
+    drv = subprocess.run(
+        ["nix-instantiate", str(REPO_NIX), "-A", drv_of_attr, "--argstr", "scope", "bootstrap"],
+        env=env, check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    closure = subprocess.run(
+        ["nix-store", "--query", "--requisites", drv], env=env, check=True, capture_output=True, text=True
+    ).stdout.split()
+    drvs = [d for d in closure if re.search(pattern, d)]
+    outs = subprocess.run(
+        ["nix-store", "--realise", *drvs], env=env, check=True, capture_output=True, text=True
+    ).stdout.split()
+    return [Path(o) for o in outs]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (REPO_NIX / "default.nix").exists() or not (REPO_NIX / "bootstrap" / "lock.py").exists(),
+    reason="needs the real package set (nix/default.nix) and its wheel lock script (nix/bootstrap/lock.py)",
+)
+def test_release_update_of_the_real_six_against_a_local_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    root = world_readable_tmpdir("dnb-release-")
+    try:
+        # A local package index folder: the five sdists of 1.13.27 and the pinned third-party wheels,
+        # taken from the store (fetched once through the user's pip configuration), so no network here.
+        index = root / "index"
+        index.mkdir()
+        for out in _store_inputs("dagster-webserver", r"(\.tar\.gz|bootstrap-wheelhouse-[^/]*)\.drv$"):
+            for f in [out] if out.is_file() else sorted(out.iterdir()):
+                shutil.copy(f, index / f.name.split("-", 1)[1] if out.is_file() else index / f.name)
+        # lock.py resolves Dagster's own wheels too: the ones the package set built from those sdists.
+        env = {**os.environ, "NIX_CONFIG": NIX_CONFIG}
+        for attr in ("dagster", "dagster-shared", "dagster-pipes", "dagster-graphql", "dagster-webserver"):
+            dist = subprocess.run(
+                ["nix-build", str(REPO_NIX), "-A", f"{attr}.dist", "--argstr", "scope", "bootstrap", "--no-out-link"],
+                env=env, check=True, capture_output=True, text=True,
+            ).stdout.strip()  # fmt: skip
+            for wheel in Path(dist).rglob("*.whl"):
+                shutil.copy(wheel, index / wheel.name)
+        index.chmod(0o755)
+        subprocess.run(["chmod", "-R", "a+rX", str(index)], check=True)
+        assert len([f for f in index.iterdir() if f.name.endswith(".tar.gz")]) == 5
+        # Every pip (the update's lookup, lock.py, the fixed-output fetches) sees only that folder.
+        monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+        monkeypatch.setenv("PIP_NO_INDEX", "1")
+        monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+
+        # A checkout of the project whose pins name an older release.
+        project = root / "project"
+        shutil.copytree(REPO_NIX, project / "nix", ignore=shutil.ignore_patterns("__pycache__"))
+        git(project.parent, "init", "-q", "-b", "main", str(project))
+        committed = json.loads((REPO_NIX / "pins.json").read_text())
+        start = json.loads(json.dumps(committed))
+        start["release"]["version"] = "1.13.26"
+        (project / "nix" / "pins.json").write_text(json.dumps(start, indent=2) + "\n")
+        git(project, "add", "-A")
+        git(project, "commit", "-q", "-m", "pins at 1.13.26")
+        head = git(project, "rev-parse", "HEAD")
+
+        logs: list[str] = []
+        result = update(settings(project), version="1.13.27", log=logs.append)
+
+        assert result.mode == "release" and result.old == "1.13.26" and result.new == "1.13.27"
+        assert git(project, "log", "-1", "--format=%s") == "dagster-src: 1.13.26 -> 1.13.27"
+        assert git(project, "rev-parse", "HEAD~1") == head
+        changed = git(project, "show", "--name-only", "--format=", "HEAD").split()
+        assert changed == list(result.changed_files) and "nix/pins.json" in changed
+        assert set(changed) <= {"nix/pins.json", "nix/bootstrap/wheels.json"}
+        # Nix computed the same sdist hashes the package set was written with.
+        assert dict(result.hashes) == committed["release"]["hashes"]
+        assert json.loads((project / "nix" / "pins.json").read_text())["release"] == committed["release"]
+        assert {"dagster-src", "dagster", "dagster-webserver"} <= set(result.built)
+        assert result.checks, "the rebuilt packages passed their checks"
+        print("\n".join([*logs, *result.checks]))
+        assert git(project, "status", "--porcelain") == ""
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
