@@ -117,3 +117,16 @@ def test_unknown_selection_is_a_clear_error(make_nix):
         chain.append(str(error))
         error = error.__cause__
     assert any("nope" in text for text in chain), chain
+
+
+def test_source_pin_is_recorded(make_nix, tiny_dir: Path):
+    (tiny_dir / "pins.json").write_text(
+        '{"source": "git", "release": {"version": "1.13.27"},'
+        ' "git": {"url": "https://example.invalid/dagster.git", "rev": "abc123", "hash": "sha256-x"}}'
+    )
+    nix = make_nix(tiny_dir)
+    result = materialize([nix_assets(nix.load_graph())], resources={"nix": nix}, selection=["solo"],
+                         instance=DagsterInstance.ephemeral())
+    metadata = _materializations(result)["solo"].metadata
+    assert metadata["source"].value == "git https://example.invalid/dagster.git rev abc123 hash sha256-x"
+    assert metadata["source_pin"].value["git"]["rev"] == "abc123"

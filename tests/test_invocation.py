@@ -107,3 +107,21 @@ def test_keyboard_interrupt_terminates(make_nix):
         events.throw(KeyboardInterrupt())
     assert not invocation.is_running()
     assert isinstance(invocation, NixBuildInvocation)
+
+
+def test_outcomes_stream_while_nix_is_still_building(make_nix):
+    invocation = make_nix(sleep="1").build(["base", "mid", "top-level"])
+    seen, outcomes = [], []
+    for outcome in invocation.outcomes():
+        seen.append((outcome.attr, invocation.is_running()))
+        outcomes.append(outcome)
+    assert [a for a, _ in seen] == ["base", "mid", "top-level"]
+    assert seen[0][1], "base must be reported while nix still builds mid and top-level"
+    assert all(o.build_seconds >= 1.0 for o in outcomes)
+
+
+def test_unselected_failed_dependency_is_named(make_nix):
+    outcomes = make_nix(fail="mid").build(["top-level"]).wait()
+    (top,) = outcomes
+    assert top.status == "failed" and top.reason == "dependency failed: mid"
+    assert "something broke in mid" in top.log_tail
