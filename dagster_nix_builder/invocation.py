@@ -421,6 +421,19 @@ class NixBuildInvocation:
                                 )
                     progress = True
 
+        try:
+            yield from self._stream_outcomes(done, failures, flush)
+        finally:
+            self.terminate()  # also when a check or Dagster itself is interrupted mid-stream
+        yield from flush()
+        self.raise_for_failures(failures)
+
+    def _stream_outcomes(
+        self,
+        done: dict[str, PackageOutcome],
+        failures: dict[str, str],
+        flush: Callable[[], Iterator[MaterializeResult]],
+    ) -> Iterator[MaterializeResult]:
         for outcome in self.outcomes():
             if outcome.ok:
                 done[outcome.attr] = outcome
@@ -431,8 +444,6 @@ class NixBuildInvocation:
                     failures[outcome.attr] += "\n    " + "\n    ".join(outcome.log_tail)
                 self._log(f"{outcome.attr} failed: {failures[outcome.attr]}")
             yield from flush()
-        yield from flush()
-        self.raise_for_failures(failures)
 
     def _link(self, outcome: PackageOutcome) -> None:
         out_dir = Path(str(self.nix.resolved("out_link_dir"))).resolve()
