@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dagster import (
+    AutomationCondition,
     DefaultSensorStatus,
     Definitions,
     JobDefinition,
@@ -231,6 +232,19 @@ def build_release_sensor(
         )
 
     return _release_sensor
+
+
+def package_automation_condition() -> AutomationCondition:
+    """The automation condition for the package assets: rebuild when a dependency was rebuilt.
+
+    `AutomationCondition.eager()`: a package is requested when it is missing or any of its dependencies
+    was materialized since it was last handled, and none of its dependencies is missing or in progress.
+    So the packages downstream of `dagster-src` are rebuilt after the source changes, and a package whose
+    build failed is requested again, once, as soon as its dependency is materialized again (fixed), not
+    on every tick. Set it with `DagsterNixTranslatorSettings(automation_condition=...)`; the daemon's
+    `default_automation_condition_sensor` evaluates it.
+    """
+    return AutomationCondition.eager()
 
 
 def _newer(candidate: str, pinned: str) -> bool:

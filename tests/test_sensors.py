@@ -181,3 +181,68 @@ def test_update_definitions_load(root: Path) -> None:
     defs = update_definitions(repo_dir=root)
     assert defs.get_job_def("update_dagster_src")
     assert {s.name for s in defs.sensors} == {"dagster_upstream_commit_sensor", "dagster_release_sensor"}
+
+
+def test_failed_package_is_rebuilt_by_automation_once_its_dependency_is_fixed(root: Path) -> None:
+    from dagster import AssetKey, Definitions, evaluate_automation_conditions, materialize
+
+    from dagster_nix_builder import (
+        DagsterNixTranslator,
+        DagsterNixTranslatorSettings,
+        NixResource,
+        nix_assets,
+    )
+    from dagster_nix_builder.sensors import package_automation_condition
+    from dagster_nix_builder.update import UpdateSettings, update
+
+    upstream = Upstream(root)
+    rev = upstream.push({"dagster.py": GOOD_MODULE.format(version="1.0")}, "one")
+    project = make_project(root, upstream)
+    update(UpdateSettings(repo_dir=project, nix_config=NIX_CONFIG), rev=rev)
+    nix = NixResource(
+        nix_dir=str(project / "nix"),
+        scope="bootstrap",
+        nix_config=NIX_CONFIG,
+        out_link_dir=str(root / "links"),
+    )
+    translator = DagsterNixTranslator(
+        DagsterNixTranslatorSettings(automation_condition=package_automation_condition())
+    )
+    assets = nix_assets(nix.load_graph(), translator=translator)
+    defs = Definitions(assets=[assets], resources={"nix": nix})
+    lib_expr = project / "nix" / "packages" / "dagster-lib.nix"
+    good_lib = lib_expr.read_text()
+
+    def build(instance, keys: list[str]):
+        return materialize(
+            [assets], selection=keys, instance=instance, resources={"nix": nix}, raise_on_error=False
+        )
+
+    def requested(result) -> set[str]:
+        keys = ("dagster-src", "dagster-lib", "dagster-cli", "unrelated")
+        return {k for k in keys if result.get_num_requested(AssetKey(k))}
+
+    with DagsterInstance.ephemeral() as instance:
+        assert build(instance, ["dagster-src", "dagster-lib", "dagster-cli", "unrelated"]).success
+        tick = evaluate_automation_conditions(defs=defs, instance=instance)
+        assert requested(tick) == set()
+
+        # dagster-lib breaks (builds, but without the module): dagster-cli, downstream, is rebuilt and fails.
+        lib_expr.write_text(
+            '{ runCommand, dagster-src }:\nrunCommand "dagster-lib" { src = dagster-src; } "mkdir -p $out/lib"\n'
+        )
+        assert build(instance, ["dagster-lib"]).success
+        tick = evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+        assert requested(tick) == {"dagster-cli"}
+        assert not build(instance, ["dagster-cli"]).success
+
+        # The failure is not retried on every tick...
+        tick = evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+        assert requested(tick) == set()
+
+        # ...but as soon as its dependency is fixed and rebuilt, the failed package is requested again.
+        lib_expr.write_text(good_lib)
+        assert build(instance, ["dagster-lib"]).success
+        tick = evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+        assert requested(tick) == {"dagster-cli"}
+        assert build(instance, ["dagster-cli"]).success
