@@ -13,5 +13,7 @@ python3Packages.buildPythonPackage {
   ])
   # gql[requests]: its transport needs requests-toolbelt (problem 3 of the hand-run report).
   ++ python3Packages.gql.optional-dependencies.requests;
+  # What the cli_version check runs (nothing for a library).
+  passthru.executables = [ "dagster-graphql" ];
   pythonImportsCheck = [ "dagster_graphql" ];
 }

@@ -15,5 +15,7 @@ python3Packages.buildPythonPackage {
     tomlkit
     typing-extensions
   ];
+  # What the cli_version check runs (nothing for a library).
+  passthru.executables = [ ];
   pythonImportsCheck = [ "dagster_shared" ];
 }

@@ -12,5 +12,7 @@ python3Packages.buildPythonPackage {
   ])
   # uvicorn[standard]
   ++ python3Packages.uvicorn.optional-dependencies.standard;
+  # What the cli_version check runs (nothing for a library).
+  passthru.executables = [ "dagster-webserver" "dagster-webserver-debug" ];
   pythonImportsCheck = [ "dagster_webserver" ];
 }

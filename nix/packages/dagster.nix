@@ -35,5 +35,7 @@ python3Packages.buildPythonPackage {
   ]);
   # Upper bounds Dagster pins for its own CI; nixpkgs may carry a newer release.
   pythonRelaxDeps = [ "grpcio-health-checking" "protobuf" "antlr4-python3-runtime" ];
+  # What the cli_version check runs (nothing for a library).
+  passthru.executables = [ "dagster" "dagster-daemon" ];
   pythonImportsCheck = [ "dagster" ];
 }
