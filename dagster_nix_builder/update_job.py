@@ -4,7 +4,7 @@ sensors or by hand from the UI or the CLI.
 By hand::
 
     dagster job execute -m dagster_nix_builder.definitions -j update_dagster_src \\
-        -c <(echo '{"ops": {"update_dagster_src": {"config": {"rev": "<40 hex>"}}}}')
+        -c <(echo '{"ops": {"update_pins": {"config": {"rev": "<40 hex>"}}}}')
 """
 
 # No `from __future__ import annotations`: Dagster reads the op's config annotation at decoration time.
@@ -35,7 +35,7 @@ from dagster_nix_builder.update import (
     update,
 )
 
-UPDATE_OP_NAME = "update_dagster_src"
+UPDATE_OP_NAME = "update_pins"
 UPDATE_JOB_NAME = "update_dagster_src"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

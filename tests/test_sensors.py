@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, build_sensor_context
+from dagster import DagsterInstance, Definitions, build_sensor_context
 from upstream_repo import (
     BROKEN_MODULE,
     GOOD_MODULE,
@@ -69,7 +69,7 @@ def test_commit_sensor_requests_one_run_per_new_head_and_the_run_updates(root: P
     assert git(project, "log", "-1", "--format=%s") == f"dagster-src: none -> {rev1}"
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert materialized == {"dagster-src", "dagster-lib", "dagster-cli"}
-    assert result.output_for_node("update_dagster_src")["changed_files"] == ["nix/pins.json"]
+    assert result.output_for_node("update_pins")["changed_files"] == ["nix/pins.json"]
 
     # Unchanged head: a skip with its reason; the cursor survives (JSON in, JSON out).
     second = tick(sensor, first.cursor)
@@ -81,7 +81,7 @@ def test_commit_sensor_requests_one_run_per_new_head_and_the_run_updates(root: P
     rev2 = upstream.push({"dagster.py": GOOD_MODULE.format(version="2.0")}, "two")
     third = tick(sensor, second.cursor)
     assert [r.run_key for r in third.run_requests] == [rev2]
-    assert third.run_requests[0].run_config == {"ops": {"update_dagster_src": {"config": {"rev": rev2}}}}
+    assert third.run_requests[0].run_config == {"ops": {"update_pins": {"config": {"rev": rev2}}}}
     assert third.run_requests[0].tags["dagster-nix-builder/old"] == rev1
 
     # Before the run lands, the same head is not requested again.
@@ -163,9 +163,7 @@ def test_release_sensor_requests_complete_newer_release_only(root: Path) -> None
 
     data = tick(sensor, None)
     assert [r.run_key for r in data.run_requests] == ["release-1.13.28"]
-    assert data.run_requests[0].run_config == {
-        "ops": {"update_dagster_src": {"config": {"version": "1.13.28"}}}
-    }
+    assert data.run_requests[0].run_config == {"ops": {"update_pins": {"config": {"version": "1.13.28"}}}}
     assert "already requested" in tick(sensor, data.cursor).skip_message
 
     write_pins(pins_path, read_pins(pins_path).with_release(version="1.13.28"))
@@ -179,12 +177,13 @@ def test_release_sensor_requests_complete_newer_release_only(root: Path) -> None
 
 def test_update_definitions_load(root: Path) -> None:
     defs = update_definitions(repo_dir=root)
+    Definitions.validate_loadable(defs)  # e.g. op and job names must not clash
     assert defs.get_job_def("update_dagster_src")
     assert {s.name for s in defs.sensors} == {"dagster_upstream_commit_sensor", "dagster_release_sensor"}
 
 
 def test_failed_package_is_rebuilt_by_automation_once_its_dependency_is_fixed(root: Path) -> None:
-    from dagster import AssetKey, Definitions, evaluate_automation_conditions, materialize
+    from dagster import AssetKey, evaluate_automation_conditions, materialize
 
     from dagster_nix_builder import (
         DagsterNixTranslator,
