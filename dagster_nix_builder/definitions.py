@@ -19,6 +19,7 @@ from dagster import Definitions
 
 from .assets import nix_assets
 from .resource import NixResource
+from .sensors import update_definitions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_NIX_DIR = REPO_ROOT / "nix"
@@ -53,7 +54,11 @@ def build_definitions() -> Definitions:
     default_dagster_home()
     nix = nix_resource_from_env()
     graph = nix.load_graph()
-    return Definitions(assets=[nix_assets(graph)], resources={"nix": nix})
+    return Definitions.merge(
+        Definitions(assets=[nix_assets(graph)], resources={"nix": nix}),
+        # The update job and the upstream sensors: they edit and commit nix/pins.json of this checkout.
+        update_definitions(scope=nix.resolved("scope"), nix_config=nix.resolved("nix_config")),
+    )
 
 
 defs = build_definitions()
