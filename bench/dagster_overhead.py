@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pwd
 import random
 import statistics
 import subprocess
@@ -130,18 +131,25 @@ def generate_package_set(root: Path, count: int, seed: int = 2500, max_deps: int
     return edges
 
 
+def _builder_uids() -> set[int]:
+    return {user.pw_uid for user in pwd.getpwall() if user.pw_name.startswith("nixbld")}
+
+
 def other_nix_processes() -> list[str]:
-    """Command lines of nix processes not started by this bench (they may use the paths we delete)."""
-    mine = {os.getpid()}
+    """Command lines of nix processes and builders not started by this bench: their store paths are
+    roots, so deleting them fails (and deleting under a running build would break it)."""
+    builders = _builder_uids()
     found = []
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) in mine:
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
+            uid = int((proc / "status").read_text().split("\nUid:")[1].split()[0])
+        except (OSError, IndexError, ValueError):
             continue
-        if argv and Path(argv[0].decode(errors="replace")).name in {"nix", "nix-build", "nix-store", "nix-daemon"}:
+        name = Path(argv[0].decode(errors="replace")).name if argv else ""
+        if uid in builders or name in {"nix", "nix-build", "nix-store", "nix-instantiate", "nix-daemon"}:
             found.append(" ".join(a.decode(errors="replace") for a in argv if a)[:160])
     return found
 
@@ -202,8 +210,18 @@ class Bench:
         return seconds
 
     def cold(self, drvs: list[str], run) -> float:
-        self.quiet &= wait_for_quiet(self.args.quiet_wait)
-        ps.delete_everything_built(drvs)
+        """Delete everything the six need, then ``run()``. Deleting fails while another process holds
+        one of the paths (e.g. a concurrent build of the same sources): wait and try again."""
+        for attempt in range(1, 6):
+            self.quiet &= wait_for_quiet(self.args.quiet_wait)
+            try:
+                ps.delete_everything_built(drvs)
+                break
+            except SystemExit as exc:  # the helper exits with Nix's message
+                print(f"bench: delete attempt {attempt} failed: {str(exc)[-300:]}", file=sys.stderr)
+                time.sleep(10)
+        else:
+            sys.exit("bench: could not delete the six's store paths in 5 attempts")
         return run()
 
     def load(self, nix_dir: Path) -> dict:
