@@ -21,6 +21,8 @@ On any failure (including an interrupt) every file written is restored byte for 
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -30,10 +32,11 @@ import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import git
 
@@ -60,6 +63,7 @@ DEFAULT_NIX_CONFIG = "experimental-features = nix-command\nsubstituters ="
 WHEELS_LOCK_RELATIVE_PATH = Path("nix") / "bootstrap" / "wheels.json"
 LOCK_SCRIPT_RELATIVE_PATH = Path("nix") / "bootstrap" / "lock.py"
 JOURNAL_NAME = "dagster-nix-builder-update.json"
+LOCK_NAME = "dagster-nix-builder-update.lock"
 
 _HASH_MISMATCH_RE = re.compile(
     r"hash mismatch in fixed-output derivation '(?P<drv>[^']+)':\s*"
@@ -282,7 +286,7 @@ def _run(
     cmd: Sequence[str], *, env: Mapping[str, str] | None, timeout: float, cwd: Path | None = None
 ) -> _Proc:
     """Run a command, killing it cleanly (SIGTERM, wait, SIGKILL) on timeout or interrupt."""
-    logger.info("running %s", shlex.join(cmd))
+    logger.debug("running %s", shlex.join(cmd))
     proc = subprocess.Popen(
         list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
         start_new_session=True,
@@ -323,6 +327,8 @@ class Updater:
         self._originals: dict[Path, bytes | None] = {}
         self._journal_active = False
         self._outputs_of: dict[str, list[str]] = {}
+        self._written: dict[Path, list[str]] = {}
+        self._external: set[Path] = set()
 
     # -- public --------------------------------------------------------------------------------------
 
@@ -337,9 +343,26 @@ class Updater:
     # -- the workflow --------------------------------------------------------------------------------
 
     def _update(self, mode: str, target: str) -> UpdateResult:
+        repo = self._open_repo()
+        with self._exclusive(repo):
+            return self._update_locked(repo, mode, target)
+
+    @contextlib.contextmanager
+    def _exclusive(self, repo: git.Repo) -> Iterator[None]:
+        """One update at a time per checkout; the kernel drops the lock when a killed run dies."""
+        with open(Path(repo.git_dir) / LOCK_NAME, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as e:
+                raise UpdateError(UpdateStep.PREFLIGHT, "another update is running in this checkout") from e
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _update_locked(self, repo: git.Repo, mode: str, target: str) -> UpdateResult:
         step = UpdateStep.PREFLIGHT
         try:
-            repo = self._open_repo()
             edited = [self._rel(self.settings.pins_path)]
             if mode == "release" and self._lock_script().exists():
                 edited.append(self._rel(self._wheels_path()))
@@ -422,7 +445,8 @@ class Updater:
         try:
             return git.Repo(self.repo_dir)
         except (git.InvalidGitRepositoryError, git.NoSuchPathError) as e:
-            raise UpdateError(UpdateStep.PREFLIGHT, f"{self.repo_dir} is not a git checkout") from e
+            err = UpdateError(UpdateStep.PREFLIGHT, f"{self.repo_dir} is not a git checkout")
+            raise err from e
 
     def _refuse_dirty(self, repo: git.Repo, paths: Sequence[str]) -> None:
         # Porcelain status covers staged, unstaged and untracked changes of exactly these paths.
@@ -456,8 +480,8 @@ class Updater:
             self.settings.lock_python, str(self._lock_script()),
             "--dagster-version", version, "--output", str(self._wheels_path()),
         ]  # fmt: skip
-        self._remember(self._wheels_path())
-        proc = _run(cmd, env=None, timeout=self.settings.timeout_seconds, cwd=self.repo_dir)
+        self._remember(self._wheels_path(), external=True)
+        proc = self._sh(cmd, env=None, timeout=self.settings.timeout_seconds, cwd=self.repo_dir)
         if proc.returncode != 0:
             raise UpdateError(
                 UpdateStep.LOCK,
@@ -526,7 +550,7 @@ class Updater:
             raise UpdateError(
                 UpdateStep.BUILD, f"the package set has no attribute {self.settings.source_attr}"
             )
-        proc = _run(
+        proc = self._sh(
             [self._nix_tool("nix-store"), "--query", "--referrers-closure", source_drv],
             env=self._env(), timeout=self.settings.timeout_seconds,
         )  # fmt: skip
@@ -543,7 +567,7 @@ class Updater:
             "--expr", _DRV_PATHS_EXPR, "--arg", "nixDir", str(self.repo_dir / self.settings.nix_dir),
             *self._nix_arg_flags(mode),
         ]  # fmt: skip
-        proc = _run(cmd, env=self._env(), timeout=self.settings.timeout_seconds)
+        proc = self._sh(cmd, env=self._env(), timeout=self.settings.timeout_seconds)
         if proc.returncode != 0:
             raise UpdateError(UpdateStep.BUILD, "evaluating the package set failed", _errors(proc.stderr))
         data = {k: v for k, v in json.loads(proc.stdout).items() if v}
@@ -566,7 +590,7 @@ class Updater:
                     for exe in sorted(bindir.iterdir()):
                         if not os.access(exe, os.X_OK):
                             continue
-                        proc = _run([str(exe), "--version"], env=_clean_env(), timeout=120)
+                        proc = self._sh([str(exe), "--version"], env=_clean_env(), timeout=120)
                         if proc.returncode != 0:
                             raise UpdateError(
                                 UpdateStep.CHECK,
@@ -678,12 +702,16 @@ class Updater:
 
     # -- files ---------------------------------------------------------------------------------------
 
-    def _remember(self, path: Path) -> None:
+    def _remember(self, path: Path, *, external: bool = False) -> None:
         if path not in self._originals:
             self._originals[path] = path.read_bytes() if path.exists() else None
-            self._save_journal()
+        if external:
+            self._external.add(path)
+        self._save_journal()
 
     def _write(self, path: Path, data: bytes) -> None:
+        # Journal first: a run killed right after the rename is recognised by the digest of what it wrote.
+        self._written.setdefault(path, []).append(hashlib.sha256(data).hexdigest())
         self._remember(path)
         atomic_write_bytes(path, data)
 
@@ -716,7 +744,11 @@ class Updater:
         data = {
             "pid": os.getpid(),
             "files": {
-                self._rel(p): None if b is None else base64.b64encode(b).decode()
+                self._rel(p): {
+                    "original": None if b is None else base64.b64encode(b).decode(),
+                    "written": self._written.get(p, []),
+                    "external": p in self._external,
+                }
                 for p, b in self._originals.items()
             },
         }
@@ -731,23 +763,42 @@ class Updater:
         journal = self._journal_path()
         if not journal.exists():
             return
+        # Holding the lock, a journal can only be left by a run that died.
         data = json.loads(journal.read_bytes())
-        pid = data.get("pid")
-        if isinstance(pid, int) and pid != os.getpid() and _alive(pid):
-            raise UpdateError(UpdateStep.PREFLIGHT, f"another update (pid {pid}) is running in this checkout")
-        for rel, b64 in data.get("files", {}).items():
+        files = data.get("files", {})
+        todo: dict[Path, bytes | None] = {}
+        edited_since: list[str] = []
+        for rel, entry in files.items():
             path = self.repo_dir / rel
-            original = None if b64 is None else base64.b64decode(b64)
+            original = None if entry["original"] is None else base64.b64decode(entry["original"])
             current = path.read_bytes() if path.exists() else None
-            if current != original:
-                if original is None:
-                    path.unlink(missing_ok=True)
-                else:
-                    atomic_write_bytes(path, original)
-                self.log(f"restored {rel} left edited by an interrupted update")
+            if current == original:
+                continue
+            ours = current is not None and hashlib.sha256(current).hexdigest() in entry["written"]
+            if ours or entry["external"]:
+                todo[path] = original
+            else:
+                edited_since.append(rel)
+        if edited_since:
+            # Someone edited the files after the interrupted run: never overwrite that.
+            raise UpdateError(
+                UpdateStep.PREFLIGHT,
+                f"{', '.join(edited_since)} changed after an interrupted update; its original bytes are in "
+                f"{journal}: restore or commit the files by hand, then delete that journal",
+            )
+        for path, original in todo.items():
+            if original is None:
+                path.unlink(missing_ok=True)
+            else:
+                atomic_write_bytes(path, original)
+            self.log(f"restored {self._rel(path)} left edited by an interrupted update")
         journal.unlink(missing_ok=True)
 
     # -- helpers -------------------------------------------------------------------------------------
+
+    def _sh(self, cmd: Sequence[str], **kwargs: Any) -> _Proc:
+        self.log(f"$ {shlex.join(cmd)}")
+        return _run(cmd, **kwargs)
 
     def _rel(self, path: Path) -> str:
         return Path(path).resolve().relative_to(self.repo_dir).as_posix()
@@ -779,22 +830,12 @@ class Updater:
             "-f", str(self.repo_dir / self.settings.nix_dir), *self._nix_arg_flags(mode),
             "--no-link", "--keep-going", *(["--json"] if json_out else []), *attrs,
         ]  # fmt: skip
-        return _run(cmd, env=self._env(), timeout=self.settings.timeout_seconds)
+        return self._sh(cmd, env=self._env(), timeout=self.settings.timeout_seconds)
 
 
 def _git_identity(repo: git.Repo) -> bool:
     reader = repo.config_reader()
     return reader.has_option("user", "name") and reader.has_option("user", "email")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _clean_env() -> dict[str, str]:

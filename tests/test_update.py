@@ -30,6 +30,7 @@ from upstream_repo import (
 from dagster_nix_builder.pins import FAKE_HASH, read_pins, stale_temp_files
 from dagster_nix_builder.update import (
     JOURNAL_NAME,
+    LOCK_NAME,
     DirtyFilesError,
     UpdateError,
     UpdateSettings,
@@ -200,11 +201,10 @@ update(UpdateSettings(repo_dir=sys.argv[1], nix_config=sys.argv[2]), rev=sys.arg
 """
 
 
-def test_killed_run_never_leaves_half_written_pins_and_is_undone_next_run(world: dict, project: Path) -> None:
+def _kill_mid_update(project: Path, rev: str) -> None:
+    """Start an update in another process and SIGKILL it (and its nix) once it has edited the pins."""
     pins_path = project / "nix" / "pins.json"
     original = pins_path.read_bytes()
-    before, head = snapshot(project), git(project, "rev-parse", "HEAD")
-    rev = world["upstream"].push({"dagster.py": GOOD_MODULE.format(version="6.0")}, "six")
     proc = subprocess.Popen(
         [sys.executable, "-c", _RUN_UPDATE, str(project), NIX_CONFIG, rev], start_new_session=True
     )
@@ -218,8 +218,14 @@ def test_killed_run_never_leaves_half_written_pins_and_is_undone_next_run(world:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
+
+def test_killed_run_never_leaves_half_written_pins_and_is_undone_next_run(world: dict, project: Path) -> None:
+    before, head = snapshot(project), git(project, "rev-parse", "HEAD")
+    rev = world["upstream"].push({"dagster.py": GOOD_MODULE.format(version="6.0")}, "six")
+    _kill_mid_update(project, rev)
+
     # Killed mid-run: the pins are one whole version or the other, never a half-written file.
-    pins = read_pins(pins_path)
+    pins = read_pins(project / "nix" / "pins.json")
     assert pins.git.rev == rev and pins.git.hash is not None
     assert (project / ".git" / JOURNAL_NAME).exists()
 
@@ -232,6 +238,36 @@ def test_killed_run_never_leaves_half_written_pins_and_is_undone_next_run(world:
     assert git(project, "rev-parse", "HEAD~1") == head
     assert snapshot(project).keys() == before.keys()  # no temp file left behind
     assert not (project / ".git" / JOURNAL_NAME).exists()
+
+
+def test_edit_after_a_killed_run_is_never_overwritten(world: dict, project: Path) -> None:
+    rev = world["upstream"].push({"dagster.py": GOOD_MODULE.format(version="7.0")}, "seven")
+    _kill_mid_update(project, rev)
+    pins_path = project / "nix" / "pins.json"
+    pins_path.write_bytes(pins_path.read_bytes().replace(b'"1!0+dev"', b'"1!0+mine"'))  # a user's edit
+    before, head = snapshot(project), git(project, "rev-parse", "HEAD")
+
+    with pytest.raises(UpdateError) as info:
+        update(settings(project), rev=rev)
+
+    assert (
+        info.value.step is UpdateStep.PREFLIGHT and "changed after an interrupted update" in info.value.reason
+    )
+    assert snapshot(project) == before and git(project, "rev-parse", "HEAD") == head
+    assert (project / ".git" / JOURNAL_NAME).exists(), "the original bytes stay available"
+
+
+def test_second_concurrent_update_is_refused(world: dict, project: Path) -> None:
+    import fcntl
+
+    rev = world["upstream"].push({"dagster.py": GOOD_MODULE.format(version="8.0")}, "eight")
+    before, head = snapshot(project), git(project, "rev-parse", "HEAD")
+    with open(project / ".git" / LOCK_NAME, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a running update holds it
+        with pytest.raises(UpdateError) as info:
+            update(settings(project), rev=rev)
+    assert info.value.step is UpdateStep.PREFLIGHT and "another update is running" in info.value.reason
+    assert_untouched(project, before, head)
 
 
 def test_parse_hash_mismatches_reads_plain_and_json_output() -> None:
