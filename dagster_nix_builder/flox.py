@@ -1,0 +1,447 @@
+"""Flox backend: ``flox build`` on the same package expressions as the Nix backend.
+
+Flox builds "Nix expression builds" from ``<project>/.flox/pkgs/<name>.nix``: each file is called with
+nixpkgs' ``callPackage``, in a scope of nixpkgs extended with the other packages of ``.flox/pkgs``, and
+``flox build <name>...`` leaves an out-link ``result-<name>`` next to ``.flox``. Our
+``nix/packages/*.nix`` are written in exactly that convention, so this module
+
+* prepares such a project from a package-set directory (:func:`prepare_layout`): a copy of
+  ``packages/*.nix`` in ``.flox/pkgs/``, the set's top-level data files (``pins.json``, which
+  ``dagster-src.nix`` reads as ``../pins.json`` when nobody passes it the pins) in ``.flox/``, all tracked
+  by git, as Flox requires;
+* builds the command lines (:func:`flox_build_command`, :func:`flox_init_command`) from validated package
+  names, as argument lists;
+* runs them through :class:`FloxResource`, a :class:`NixResource` whose ``build()`` runs Flox.
+
+Integration hook: the assets of :func:`dagster_nix_builder.nix_assets` call ``nix.build(context=context)
+.stream()`` on the resource bound to ``nix``. :class:`FloxResource` subclasses :class:`NixResource` and
+overrides only that method, so switching backend is a resource swap, with no change to the core::
+
+    Definitions(assets=[nix_assets(graph)], resources={"nix": FloxResource(nix_dir="nix")})
+
+The package graph still comes from Nix (``load_graph()``; Flox ships Nix). Results are the same as the
+Nix backend's where Flox allows: one :class:`PackageOutcome` and one materialization per package, with the
+same metadata (store paths from Flox's out-links, derivation, sizes, wheel), the same checks and the same
+``result-<attr>`` GC roots in ``out_link_dir``. What differs: Flox prints no structured log, so packages
+are reported when ``flox build`` exits rather than as each finishes, and ``built_now`` is judged by
+whether the out-link changed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+from collections import deque
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import Field, field_validator
+
+from .errors import NixBuilderError, NixBuildError, NixCommandError, NixPackageSetError
+from .graph import NixPackage, NixPackageGraph
+from .invocation import PackageOutcome, materialize_result, selected_attrs
+from .resource import NixResource
+
+if TYPE_CHECKING:
+    from dagster import AssetExecutionContext, MaterializeResult
+
+FLOX_NOT_INSTALLED = "flox CLI not installed"
+LOG_TAIL_LINES = 40
+TERMINATE_TIMEOUT_S = 10.0
+
+# A package name Flox derives from `.flox/pkgs/<name>.nix` and that is a plain Nix identifier, so it is
+# also a callPackage argument name. Nothing that could be read as an option, a path, a flake reference
+# (`.#x`, `nixpkgs#x`) or a nested attribute path (`a.b`, which our flat package sets never use).
+_PACKAGE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_'-]*\Z")
+
+
+class FloxNotFoundError(NixBuilderError):
+    """The ``flox`` executable is not on PATH."""
+
+    def __init__(self, executable: str) -> None:
+        self.executable = executable
+        super().__init__(
+            f"{FLOX_NOT_INSTALLED}: {executable!r} was not found on PATH. Install Flox "
+            "(https://flox.dev/docs/install-flox/) or set the `flox_executable` field of FloxResource "
+            "to the full path of `flox`; the Nix backend (NixResource) needs no Flox."
+        )
+
+
+class FloxPackageError(NixBuilderError, ValueError):
+    """A package name that Flox cannot build from ``.flox/pkgs`` (malformed or unknown)."""
+
+
+def validate_package_names(names: Iterable[str], known: Collection[str] | None = None) -> list[str]:
+    """Check package names before they go on a ``flox build`` command line.
+
+    Args:
+        names: the requested packages, e.g. ``["dagster", "dagster-webserver"]``.
+        known: the packages of the set; when given, unknown names are refused too.
+
+    Returns:
+        The names, duplicates removed, in their first order.
+
+    Raises:
+        FloxPackageError: a name is not a plain Nix identifier (e.g. ``-h``, ``a b``, ``../x``,
+            ``.#x``, ``x.nix``) or is not in ``known``.
+    """
+    out: list[str] = []
+    for name in names:
+        if not isinstance(name, str) or not _PACKAGE_NAME.match(name):
+            raise FloxPackageError(
+                f"{name!r} is not a Flox package name: use the file name of a `.flox/pkgs/<name>.nix` "
+                "(letters, digits, `_`, `'` and `-`, not starting with a digit or `-`)."
+            )
+        if known is not None and name not in known:
+            raise FloxPackageError(f"Unknown package {name!r}; known: {', '.join(sorted(known))}")
+        if name not in out:
+            out.append(name)
+    if not out:
+        raise FloxPackageError("No package to build: name at least one.")
+    return out
+
+
+def flox_build_command(flox: str, project_dir: str | os.PathLike[str], packages: Sequence[str]) -> list[str]:
+    """``flox build -d <project_dir> <package>...`` for validated ``packages``."""
+    return [str(flox), "build", "-d", str(project_dir), *validate_package_names(packages)]
+
+
+def flox_init_command(flox: str, project_dir: str | os.PathLike[str], name: str = "dagster-nix-builder") -> list[str]:
+    """``flox init -d <project_dir> -n <name>``: the Flox environment that holds the builds."""
+    return [str(flox), "init", "-d", str(project_dir), "-n", name]
+
+
+@dataclass(frozen=True)
+class FloxLayout:
+    """A project directory laid out for Flox's Nix expression builds."""
+
+    project_dir: Path
+    packages: tuple[str, ...]
+
+    @property
+    def flox_dir(self) -> Path:
+        return self.project_dir / ".flox"
+
+    @property
+    def pkgs_dir(self) -> Path:
+        return self.flox_dir / "pkgs"
+
+    def result_link(self, package: str, output: str = "out") -> Path:
+        """Where ``flox build`` leaves the out-link of ``package`` (``result-<package>[-<output>]``)."""
+        return self.project_dir / (f"result-{package}" if output == "out" else f"result-{package}-{output}")
+
+
+def _git(project_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    git = shutil.which("git")
+    if git is None:
+        raise NixBuilderError("git is needed for Flox builds (Flox builds only git-tracked files).")
+    return subprocess.run([git, "-C", str(project_dir), *args], capture_output=True, text=True, check=True)
+
+
+def prepare_layout(nix_dir: str | os.PathLike[str], project_dir: str | os.PathLike[str]) -> FloxLayout:
+    """Lay out ``project_dir`` so that Flox builds the packages of the package set ``nix_dir``.
+
+    Copies ``<nix_dir>/packages/*.nix`` to ``<project_dir>/.flox/pkgs/`` (files, not links: Flox copies
+    the git tree) and the set's other top-level files except ``default.nix`` to ``.flox/``, removes
+    expressions of packages that left the set, and makes sure all of it is tracked by git
+    (``git init`` when ``project_dir`` has no repository of its own). Idempotent.
+
+    Raises:
+        NixPackageSetError: ``nix_dir`` has no ``packages/*.nix``.
+        FloxPackageError: a file name is not a package name Flox can build.
+    """
+    source = Path(nix_dir).resolve()
+    project = Path(project_dir).resolve()
+    files = sorted(p for p in (source / "packages").glob("*.nix") if p.is_file())
+    if not files:
+        raise NixPackageSetError(f"No packages/*.nix in Nix package-set directory {str(source)!r}.")
+    names = validate_package_names(p.stem for p in files)
+    layout = FloxLayout(project, tuple(names))
+    layout.pkgs_dir.mkdir(parents=True, exist_ok=True)
+    for stale in layout.pkgs_dir.glob("*.nix"):
+        if stale.stem not in names:
+            stale.unlink()
+    for file in files:
+        shutil.copyfile(file, layout.pkgs_dir / file.name)
+    for data in source.iterdir():
+        if data.is_file() and data.name != "default.nix":
+            shutil.copyfile(data, layout.flox_dir / data.name)
+    if not (project / ".git").exists():
+        _git(project, "init", "--quiet")
+    _git(project, "add", "--all", "--", ".flox")
+    return layout
+
+
+class FloxResource(NixResource):
+    """The Nix resource with a Flox backend: ``build()`` runs ``flox build`` instead of ``nix build``.
+
+    Everything else (the package graph, store queries, out-link roots) is inherited from
+    :class:`NixResource` and still uses Nix, which Flox installs alongside itself.
+    """
+
+    flox_executable: str = Field(
+        default="flox", description="The `flox` executable (name on PATH or absolute path)."
+    )
+    project_dir: str = Field(
+        default=".nix-results/flox",
+        description="Directory laid out for Flox (`.flox/pkgs/<attr>.nix`, its own git repository); "
+        "`flox build` leaves its `result-<attr>` links here.",
+    )
+    environment_name: str = Field(default="dagster-nix-builder", description="Name given to `flox init`.")
+
+    @field_validator("flox_executable")
+    @classmethod
+    def _flox_exists(cls, value: str) -> str:
+        if hasattr(value, "env_var_name"):  # an EnvVar: checked when resolved, by flox_path
+            return value
+        if shutil.which(value) is None:
+            raise FloxNotFoundError(value)
+        return value
+
+    @property
+    def flox_path(self) -> str:
+        """Absolute path of ``flox``; raises :class:`FloxNotFoundError`."""
+        exe = str(self.resolved("flox_executable"))
+        found = shutil.which(exe)
+        if found is None:
+            raise FloxNotFoundError(exe)
+        return found
+
+    def prepare(self) -> FloxLayout:
+        """Create the Flox environment if needed (``flox init``) and lay the expressions out in it."""
+        project = Path(str(self.resolved("project_dir"))).resolve()
+        project.mkdir(parents=True, exist_ok=True)
+        if not (project / ".flox" / "env.json").exists():
+            self.run(flox_init_command(self.flox_path, project, str(self.resolved("environment_name"))))
+        return prepare_layout(str(self.resolved("nix_dir")), project)
+
+    def flox_build_command(self, attrs: Sequence[str]) -> list[str]:
+        """The ``flox build`` of a run."""
+        return flox_build_command(self.flox_path, Path(str(self.resolved("project_dir"))).resolve(), attrs)
+
+    def build(  # the backend hook: nix_assets calls nix.build(context=context).stream()
+        self,
+        attrs: Sequence[str] | None = None,
+        *,
+        context: AssetExecutionContext | None = None,
+        graph: NixPackageGraph | None = None,
+    ) -> FloxBuildInvocation:  # type: ignore[override]
+        """Start one ``flox build`` of ``attrs`` (default: the assets selected in ``context``).
+
+        Use as ``yield from flox.build(context=context).stream()``.
+        """
+        return FloxBuildInvocation.start(self, attrs, context=context, graph=graph)
+
+
+class FloxBuildInvocation:
+    """A running ``flox build``: its log goes to the compute log, its outcomes come when it exits."""
+
+    def __init__(
+        self,
+        flox: FloxResource,
+        graph: NixPackageGraph,
+        attrs: Sequence[str],
+        layout: FloxLayout,
+        *,
+        context: AssetExecutionContext | None = None,
+    ) -> None:
+        self.flox = flox
+        self.graph = graph
+        self.layout = layout
+        self.attrs = graph.topological_order(validate_package_names(attrs, known=graph.packages))
+        self.context = context
+        self.command = flox.flox_build_command(self.attrs)
+        self.returncode: int | None = None
+        self.log_tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+        self.process: subprocess.Popen[bytes] | None = None
+        self._before: dict[Path, str | None] = {}
+        self._outcomes: dict[str, PackageOutcome] = {}
+        self._started = 0.0
+
+    @classmethod
+    def start(
+        cls,
+        flox: FloxResource,
+        attrs: Sequence[str] | None = None,
+        *,
+        context: AssetExecutionContext | None = None,
+        graph: NixPackageGraph | None = None,
+    ) -> FloxBuildInvocation:
+        """Evaluate the package set with Nix, lay it out for Flox and start ``flox build``."""
+        if attrs is None:
+            if context is None:
+                raise ValueError("FloxResource.build needs attrs or a context to read the selection from")
+            attrs = [attr for attr, _ in selected_attrs(context)]
+        graph = graph or flox.load_graph()
+        layout = flox.prepare()
+        missing = [a for a in attrs if a not in layout.packages]
+        if missing:
+            raise NixPackageSetError(
+                f"Package(s) {', '.join(map(repr, missing))} have no packages/<attr>.nix to give Flox"
+            )
+        invocation = cls(flox, graph, attrs, layout, context=context)
+        invocation._spawn()
+        return invocation
+
+    def _log(self, message: str) -> None:
+        if self.context is not None:
+            self.context.log.info(message)
+        else:
+            print(message, flush=True)
+
+    def _links(self, attr: str) -> dict[str, Path]:
+        outputs = self.graph[attr].outputs or {"out": ""}
+        return {output: self.layout.result_link(attr, output) for output in outputs}
+
+    def _spawn(self) -> None:
+        for attr in self.attrs:
+            for link in self._links(attr).values():
+                self._before[link] = os.readlink(link) if link.is_symlink() else None
+        self._log(f"Running: {shlex.join(self.command)}")
+        self._started = time.monotonic()
+        self.process = subprocess.Popen(
+            self.command,
+            cwd=self.layout.project_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=self.flox.subprocess_env(),
+            start_new_session=True,  # own process group, so a cancel reaches flox and its nix
+        )
+
+    def terminate(self) -> None:
+        """Stop Flox: SIGTERM to its process group, wait, then SIGKILL."""
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=TERMINATE_TIMEOUT_S)
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        self.returncode = proc.returncode
+
+    def _read_log(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        try:
+            for raw in iter(self.process.stdout.readline, b""):
+                line = raw.decode("utf-8", errors="replace").rstrip("\n")
+                self.log_tail.append(line)
+                print(f"[flox] {line}", flush=True)  # the compute log, like the Nix backend's build output
+            self.returncode = self.process.wait()
+        finally:
+            self.terminate()  # interrupted (run cancelled, generator closed): never leave flox behind
+
+    def _package_from_links(self, attr: str) -> NixPackage | None:
+        """The package as Flox built it: outputs read from the out-links, derivation from the store."""
+        package = self.graph[attr]
+        links = self._links(attr)
+        out = links["out"] if "out" in links else next(iter(links.values()))
+        if not out.is_symlink() or not os.path.exists(out):
+            return None
+        out_path = os.path.realpath(out)
+        deriver = self.flox.run(self.flox.store_command("--query", "--deriver", out_path)).stdout.strip()
+        outputs = {"out": out_path} if "out" in links else {next(iter(links)): out_path}
+        drv_path = deriver if deriver.endswith(".drv") and os.path.exists(deriver) else None
+        if drv_path:
+            shown = json.loads(self.flox.run(self.flox.nix_command("show-derivation", drv_path)).stdout)
+            outputs = {name: o["path"] for name, o in shown[drv_path]["outputs"].items() if "path" in o}
+        return replace(package, outputs=outputs, drv_path=drv_path or package.drv_path)
+
+    def outcomes(self) -> Iterator[PackageOutcome]:
+        """Per-package outcomes, in dependency order, once ``flox build`` has exited."""
+        self._read_log()
+        seconds = round(time.monotonic() - self._started, 3)
+        for attr in self.attrs:
+            built = self._package_from_links(attr)
+            if built is None:
+                reason = f"flox build exited with {self.returncode} and left no {self.layout.result_link(attr)}"
+                outcome = PackageOutcome(attr, self.graph[attr], "failed", reason=reason, log_tail=tuple(self.log_tail))
+            else:
+                out_link = self._links(attr).get("out") or next(iter(self._links(attr).values()))
+                changed = self._before.get(out_link) != os.readlink(out_link)
+                outcome = PackageOutcome(
+                    attr, built, "built" if changed else "valid", built_now=changed,
+                    build_seconds=seconds if changed else 0.0,
+                )
+            self._outcomes[attr] = outcome
+            yield outcome
+
+    def wait(self) -> list[PackageOutcome]:
+        """Consume the build to the end; return all outcomes (no exception for failures)."""
+        return list(self.outcomes())
+
+    def stream(self) -> Iterator[MaterializeResult]:
+        """Dagster results in dependency order, as the Nix backend's ``stream()``: checks run on each
+        package, a failing ``imports`` check blocks its downstream, and it raises at the end if anything
+        failed or was blocked."""
+        from .checks import run_checks
+
+        keys = dict(selected_attrs(self.context)) if self.context is not None else {}
+        outcomes = {o.attr: o for o in self.outcomes()}
+        packages = dict(self.graph.packages)
+        packages.update({a: o.package for a, o in outcomes.items() if o.ok})
+        graph = NixPackageGraph(nix_dir=self.graph.nix_dir, packages=packages)
+        selected = set(self.attrs)
+        failures: dict[str, str] = {}
+        out_dir = Path(str(self.flox.resolved("out_link_dir"))).resolve()
+        for attr in self.attrs:
+            if attr in failures:  # blocked by a failed imports check upstream
+                continue
+            outcome = outcomes[attr]
+            broken = sorted(u for u in graph.upstream(attr) & selected if u in failures)
+            if not outcome.ok:
+                failures[attr] = (outcome.reason or "failed") + "".join(f"\n    {line}" for line in outcome.log_tail)
+                continue
+            if broken:
+                failures[attr] = f"not reported: dependency {', '.join(broken)} failed"
+                continue
+            for output, path in outcome.package.outputs.items():
+                suffix = "" if output == "out" else f"-{output}"
+                self.flox.add_root(out_dir / f"result-{attr}{suffix}", path)
+            checks = run_checks(self.flox, graph, outcome, keys.get(attr), self.context)
+            yield materialize_result(self.flox, graph, outcome, keys.get(attr), checks)
+            for result in checks:
+                if result.check_name == "imports" and not result.passed:
+                    failures[f"{attr} (imports check)"] = str(result.description or "imports check failed")
+                    for down in graph.downstream(attr) & selected:
+                        failures.setdefault(down, f"not materialized: the imports check of {attr} failed")
+        self.raise_for_failures(failures)
+
+    def raise_for_failures(self, failures: dict[str, str] | None = None) -> None:
+        """Raise :class:`NixBuildError` if packages failed, :class:`NixCommandError` if Flox failed."""
+        failures = failures if failures is not None else {
+            a: o.reason or "failed" for a, o in self._outcomes.items() if not o.ok
+        }
+        if failures:
+            raise NixBuildError(self.command, self.returncode, list(self.log_tail)[-5:], failures)
+        if self.returncode not in (0, None):
+            raise NixCommandError(self.command, self.returncode, list(self.log_tail)[-5:])
+
+
+__all__ = [
+    "FLOX_NOT_INSTALLED",
+    "FloxBuildInvocation",
+    "FloxLayout",
+    "FloxNotFoundError",
+    "FloxPackageError",
+    "FloxResource",
+    "flox_build_command",
+    "flox_init_command",
+    "prepare_layout",
+    "validate_package_names",
+]
