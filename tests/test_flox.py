@@ -207,3 +207,82 @@ def test_real_flox_build_through_dagster(tmp_path: Path) -> None:
         assert metadata["out_path"].value == os.path.realpath(link)
         assert metadata["nar_size"].value > 0
         assert (tmp_path / "results" / f"result-{attr}").is_symlink()
+
+
+# ---- the run-time half, against a FAKE flox ----------------------------------------------------------
+# tests/fixtures/fake-flox is not Flox: it builds .flox/pkgs with nix-build the way Flox lays results out
+# (result-<name> next to .flox), so the out-link reading, outcomes, failures and materializations of
+# FloxBuildInvocation run against real Nix builds here. The real CLI is tested above where installed.
+
+FAKE_FLOX = Path(__file__).parent / "fixtures" / "fake-flox"
+SMALL_SET_DEFAULT = """{ ... }:
+let
+  inherit (builtins) attrNames filter functionArgs head intersectAttrs listToAttrs match readDir;
+  entries = readDir ./packages;
+  names = map (f: head (match "(.*)\\\\.nix" f)) (filter (f: match ".*\\\\.nix" f != null) (attrNames entries));
+  callPackage = file: let fn = import file; in fn (intersectAttrs (functionArgs fn) packages);
+  packages = listToAttrs (map (n: { name = n; value = callPackage (./packages + "/${n}.nix"); }) names);
+in
+packages
+"""
+
+
+def _small_set(root: Path, salt: str) -> Path:
+    def package(name: str, deps: list[str], script: str) -> str:
+        return (
+            f"{{ {', '.join(deps)} }}:\nbuiltins.derivation {{\n  name = \"{name}\";\n  salt = \"{salt}\";\n"
+            "  system = builtins.currentSystem;\n  builder = \"/bin/sh\";\n"
+            f"  args = [ \"-c\" \"{script}\" ];\n  deps = [ {' '.join(deps)} ];\n}}\n"
+        )
+
+    (root / "packages").mkdir(parents=True)
+    (root / "default.nix").write_text(SMALL_SET_DEFAULT)
+    files = {
+        "base": package("base", [], "echo base > $out"),
+        "mid": package("mid", ["base"], "echo mid $deps > $out"),
+        "solo": package("solo", [], "echo solo > $out"),
+        "broken": package("broken", [], "echo something broke >&2; exit 1"),
+        "after-broken": package("after-broken", ["broken"], "echo $deps > $out"),
+    }
+    for name, text in files.items():
+        (root / "packages" / f"{name}.nix").write_text(text)
+    return root
+
+
+@needs_nix
+def test_flox_backend_run_time_with_the_fake_flox(tmp_path: Path, salt: str) -> None:
+    from dagster import materialize
+
+    from dagster_nix_builder import NixBuildError, nix_assets
+
+    nix_dir = _small_set(tmp_path / "set", salt)
+    flox = FloxResource(
+        nix_dir=str(nix_dir), flox_executable=str(FAKE_FLOX),
+        project_dir=str(tmp_path / "flox"), out_link_dir=str(tmp_path / "results"),
+    )
+    graph = flox.load_graph()
+    assets = nix_assets(graph)
+
+    result = materialize([assets], resources={"nix": flox}, raise_on_error=False)
+    assert not result.success
+    done = {
+        m.asset_key.to_user_string(): m.metadata for m in result.asset_materializations_for_node("nix_packages")
+    }
+    # A failure fails only what it must, as with the Nix backend.
+    assert sorted(done) == ["base", "mid", "solo"]
+    for attr, metadata in done.items():
+        link = tmp_path / "flox" / f"result-{attr}"
+        assert metadata["out_path"].value == os.path.realpath(link)
+        assert metadata["drv_path"].value == graph[attr].drv_path  # the very derivation Nix evaluates
+        assert metadata["built_now"].value is True
+        assert (tmp_path / "results" / f"result-{attr}").is_symlink()
+    error = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = str(error.event_specific_data.error)
+    assert NixBuildError.__name__ in message or "failed or blocked" in message
+    assert "broken" in message and "after-broken" in message and "something broke" in message
+
+    # Everything valid now: no rebuild, reported as already there.
+    again = materialize([assets], resources={"nix": flox}, selection=["base", "mid"])
+    assert again.success
+    for m in again.asset_materializations_for_node("nix_packages"):
+        assert m.metadata["built_now"].value is False
