@@ -47,7 +47,6 @@ from dagster_nix_builder.pins import (
     FAKE_HASH,
     RELEASE_PACKAGES,
     Pins,
-    PinsError,
     atomic_write_bytes,
     parse_pins,
     remove_stale_temp_files,
@@ -430,7 +429,7 @@ class Updater:
         except UpdateError as e:
             e.restored = self._restore()
             raise
-        except (PinsError, git_upstream.UpstreamError, OSError, git.GitError, ValueError) as e:
+        except Exception as e:  # whatever broke, the files are restored and the step is named
             err = UpdateError(step, f"{type(e).__name__}: {e}")
             err.restored = self._restore()
             raise err from e
