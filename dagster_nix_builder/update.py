@@ -690,12 +690,16 @@ class Updater:
             try:
                 repo.git.add("--", *paths)
                 # `commit -- PATHS` commits only these paths, whatever else is staged.
-                repo.git.commit("--no-verify", "-m", f"{message}\n\n{body}", "--", *paths, env=env)
+                # The user's hooks run: a failing pre-commit hook fails this step like any other error.
+                repo.git.commit("-m", f"{message}\n\n{body}", "--", *paths, env=env)
                 return repo.head.commit.hexsha
             except git.GitCommandError as e:
                 if "index.lock" in str(e) and attempt < 29:
                     time.sleep(1)
                     continue
+                # The paths were clean (index == HEAD) when the update started: put the index back.
+                with contextlib.suppress(git.GitCommandError):
+                    repo.git.reset("-q", "--", *paths)
                 raise UpdateError(UpdateStep.COMMIT, "git commit failed", [str(e)]) from e
         raise AssertionError("unreachable")
 

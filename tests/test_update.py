@@ -194,6 +194,22 @@ def test_custom_check_failure_restores_files(world: dict, project: Path) -> None
     assert_untouched(project, before, head)
 
 
+def test_commit_failure_restores_files_and_index(world: dict, project: Path) -> None:
+    rev = world["upstream"].push({"dagster.py": GOOD_MODULE.format(version="9.0")}, "nine")
+    hooks = project / ".git" / "hooks"
+    hooks.mkdir(exist_ok=True)
+    (hooks / "pre-commit").write_text("#!/bin/sh\necho 'pre-commit: no pin changes today' >&2\nexit 1\n")
+    (hooks / "pre-commit").chmod(0o755)
+    before, head = snapshot(project), git(project, "rev-parse", "HEAD")
+
+    with pytest.raises(UpdateError) as info:
+        update(settings(project), rev=rev)
+
+    assert info.value.step is UpdateStep.COMMIT
+    assert "no pin changes today" in "\n".join(info.value.messages)
+    assert_untouched(project, before, head)  # includes: nothing left staged
+
+
 _RUN_UPDATE = """
 import sys
 from dagster_nix_builder.update import UpdateSettings, update
