@@ -359,7 +359,11 @@ class FloxBuildInvocation:
         drv_path = deriver if deriver.endswith(".drv") and os.path.exists(deriver) else None
         if drv_path:
             shown = json.loads(self.flox.run(self.flox.nix_command("show-derivation", drv_path)).stdout)
-            outputs = {name: o["path"] for name, o in shown[drv_path]["outputs"].items() if "path" in o}
+            # One derivation; newer Nix keys it by base name instead of full path, so take the value.
+            derivation = shown.get(drv_path) or next(iter(shown.values()))
+            outputs = {name: o["path"] for name, o in derivation["outputs"].items() if o.get("path")}
+            if out_path not in outputs.values():  # not what the link says: trust the link
+                outputs = {"out": out_path}
         return replace(package, outputs=outputs, drv_path=drv_path or package.drv_path)
 
     def outcomes(self) -> Iterator[PackageOutcome]:
