@@ -638,7 +638,8 @@ class Updater:
             package = graph[attr]
             if set(package.outputs.values()) != set(outs):
                 raise UpdateError(
-                    UpdateStep.CHECK, f"{attr}: the checked package is not the one built ({package.outputs})"
+                    UpdateStep.CHECK,
+                    f"{attr}: the checked package is not the one built ({package.outputs} != {outs})",
                 )
             key = AssetKey(attr)
             names = [spec.name for spec in asset_checks.check_specs_for(package, key)]
