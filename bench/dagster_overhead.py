@@ -291,10 +291,11 @@ class Bench:
     def cold(self, drvs: list[str], run) -> float:
         """Delete everything the six need, then ``run()``.
 
-        First with ``bench/package_set.py``'s helper, which also deletes the closure's source files
-        (e.g. the bootstrap's ``pybuild.py``); any running evaluation of the package set holds those as
-        temporary roots, so while other work uses the store fall back to deleting derivation outputs only
-        (what a build produces, fetches included), and retry while a concurrent build holds one of them.
+        First with ``bench/package_set.py``'s helper. That helper also tries to delete the closure's
+        source files (e.g. the bootstrap's ``pybuild.py``) but keeps the ``.drv`` files that refer to
+        them, so Nix refuses ("still alive"); then fall back to deleting derivation outputs only (what a
+        build produces, fetches included: still a cold build), and retry while a concurrent build holds
+        one of them. The JSON says which deletion was used.
         """
         for attempt in range(1, 31):
             self.quiet &= wait_for_quiet(self.args.quiet_wait if attempt == 1 else 5)
