@@ -224,20 +224,6 @@ def wait_for_quiet(max_wait: float) -> bool:
         time.sleep(2)
 
 
-def delete_outputs(drvs: list[str]) -> bool:
-    """Delete the outputs of every derivation in the six's closure and what refers to them; False if
-    Nix refused (a path is in use). Unlike ``ps.delete_everything_built`` it keeps source files."""
-    closure = ps.run(["nix-store", "-qR", *drvs], check=True).stdout.split()
-    derivations = [p for p in closure if p.endswith(".drv")]
-    outputs = ps.run(["nix-store", "-q", "--outputs", *derivations], check=True).stdout.split()
-    outputs = [p for p in outputs if os.path.exists(p)]
-    if not outputs:
-        return True
-    doomed = ps.run(["nix-store", "-q", "--referrers-closure", *outputs], check=True).stdout.split()
-    doomed = [p for p in doomed if not p.endswith(".drv")]
-    return ps.run(["nix-store", "--delete", "--ignore-liveness", *doomed]).returncode == 0
-
-
 class Bench:
     def __init__(self, work: Path, args: argparse.Namespace) -> None:
         self.work = work
@@ -256,7 +242,6 @@ class Bench:
         }
         self.runs = 0
         self.quiet = True
-        self.deletions: list[str] = []
         self.contended: list[tuple[str, float]] = []
 
     def timed(self, label: str, run) -> float:
@@ -291,24 +276,15 @@ class Bench:
     def cold(self, drvs: list[str], run) -> float:
         """Delete everything the six need, then ``run()``.
 
-        First with ``bench/package_set.py``'s helper. That helper also tries to delete the closure's
-        source files (e.g. the bootstrap's ``pybuild.py``) but keeps the ``.drv`` files that refer to
-        them, so Nix refuses ("still alive"); then fall back to deleting derivation outputs only (what a
-        build produces, fetches included: still a cold build), and retry while a concurrent build holds
-        one of them. The JSON says which deletion was used.
+        Retries while a concurrent build holds one of the paths.
         """
         for attempt in range(1, 31):
             self.quiet &= wait_for_quiet(self.args.quiet_wait if attempt == 1 else 5)
             try:
                 ps.delete_everything_built(drvs)
-                self.deletions.append("package_set.delete_everything_built")
                 break
             except SystemExit:  # the helper exits with Nix's message
-                pass
-            if delete_outputs(drvs):
-                self.deletions.append("outputs only")
-                break
-            time.sleep(2)
+                time.sleep(2)
         else:
             sys.exit("bench: could not delete the six's store paths in 30 attempts")
         return run()
@@ -434,7 +410,6 @@ def main() -> None:
         ).stdout.strip(),
         "cores": os.cpu_count(),
         "store_quiet": quiet,
-        "cold_deletions": bench.deletions,
         "contended_runs": [f"{label}: {seconds}s" for label, seconds in bench.contended],
     }
     figures["meets_aims"] = {

@@ -25,8 +25,8 @@ PACKAGES = ["dagster-src", "dagster-shared", "dagster-pipes", "dagster", "dagste
 ENV = {**os.environ, "NIX_CONFIG": "experimental-features = nix-command\nsubstituters =", "NIX_PATH": ""}
 
 
-def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, env=ENV, text=True, capture_output=True, **kwargs)
+def run(cmd: list[str], *, check: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=check, env=ENV, text=True, capture_output=True)
 
 
 def drv_paths() -> list[str]:
@@ -37,9 +37,12 @@ def drv_paths() -> list[str]:
 
 
 def delete_everything_built(drvs: list[str]) -> int:
-    """Delete every output of the six's derivation closure (and whatever refers to them)."""
-    requisites = run(["nix-store", "-qR", "--include-outputs", *drvs], check=True).stdout.split()
-    outputs = [p for p in requisites if not p.endswith(".drv") and os.path.exists(p)]
+    """Delete the outputs of every derivation the six need (fetches included) and whatever refers to
+    them; sources such as pybuild.py stay, as their .drv files still refer to them."""
+    closure = run(["nix-store", "-qR", *drvs], check=True).stdout.split()
+    derivations = [p for p in closure if p.endswith(".drv")]
+    outputs = run(["nix-store", "-q", "--outputs", *derivations], check=True).stdout.split()
+    outputs = [p for p in outputs if os.path.exists(p)]
     if not outputs:
         return 0
     doomed = run(["nix-store", "-q", "--referrers-closure", *outputs], check=True).stdout.split()

@@ -46,7 +46,7 @@ def resolve(dagster_version: str, python: str) -> list[dict]:
         report = Path(tmp, "report.json")
         cmd = [python, "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed",
                "--only-binary", ":all:", "--report", str(report), *roots]
-        result = subprocess.run(cmd, capture_output=True, text=True)
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             sys.exit(f"lock.py: pip could not resolve Dagster {dagster_version}:\n{result.stderr[-3000:]}")
         return json.loads(report.read_text())["install"]
@@ -90,7 +90,7 @@ def download(items: list[dict], python: str, dest: Path) -> None:
         for item in items))
     cmd = [python, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
            "--require-hashes", "-r", str(reqs), "-d", str(dest)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         sys.exit(f"lock.py: pip download failed:\n{result.stderr[-3000:]}")
 
@@ -116,8 +116,8 @@ def main() -> None:
         sys.exit(f"lock.py: {args.dagster_version!r} is not a version")
 
     env_json = subprocess.run(
-        [args.python, "-c", "import json, sys, platform; print(json.dumps("
-         "{'python_version': '%d.%d' % sys.version_info[:2], 'machine': platform.machine()}))"],
+        [args.python, "-c", ("import json, sys, platform; print(json.dumps("
+                             "{'python_version': '%d.%d' % sys.version_info[:2], 'machine': platform.machine()}))")],
         capture_output=True, text=True, check=True).stdout
     target = json.loads(env_json)
 
