@@ -15,11 +15,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dagster import Definitions
+from dagster import (
+    AssetSelection,
+    AutomationConditionSensorDefinition,
+    DefaultSensorStatus,
+    Definitions,
+    in_process_executor,
+)
 
 from .assets import nix_assets
 from .resource import NixResource
-from .sensors import update_definitions
+from .sensors import package_automation_condition, update_definitions
+from .translator import DagsterNixTranslator, DagsterNixTranslatorSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_NIX_DIR = REPO_ROOT / "nix"
@@ -54,8 +61,21 @@ def build_definitions() -> Definitions:
     default_dagster_home()
     nix = nix_resource_from_env()
     graph = nix.load_graph()
+    translator = DagsterNixTranslator(DagsterNixTranslatorSettings(automation_condition=package_automation_condition()))
+    packages = Definitions(
+        assets=[nix_assets(graph, translator=translator)],
+        resources={"nix": nix},
+        # Rebuild downstream packages after a dependency changes, and retry a failed one once its
+        # dependency is fixed. Stopped until turned on: on its first tick it builds every missing package.
+        sensors=[AutomationConditionSensorDefinition(
+            "nix_packages_automation", target=AssetSelection.all(), default_status=DefaultSensorStatus.STOPPED,
+        )],
+        # All packages are built by one step (one `nix build`): a step subprocess would only load the
+        # definitions a second time (about 2 s a run).
+        executor=in_process_executor,
+    )
     return Definitions.merge(
-        Definitions(assets=[nix_assets(graph)], resources={"nix": nix}),
+        packages,
         # The update job and the upstream sensors: they edit and commit nix/pins.json of this checkout.
         update_definitions(scope=nix.resolved("scope"), nix_config=nix.resolved("nix_config")),
     )

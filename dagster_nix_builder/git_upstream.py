@@ -7,10 +7,14 @@ versions of which an sdist is published, through the user's own pip configuratio
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
 
+# GitPython refuses to import without a git executable; let the code location load anyway and fail
+# only where git is used, with our own message.
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 import git
 from packaging.version import InvalidVersion, Version
 

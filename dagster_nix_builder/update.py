@@ -38,6 +38,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+# GitPython refuses to import without a git executable; let the code location load anyway and fail
+# only where git is used, with our own message.
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 import git
 
 from dagster_nix_builder import git_upstream
