@@ -1,10 +1,13 @@
 """Asset checks on built packages: ``imports``, ``cli_version`` and the webserver ``smoke`` check.
 
-Each check runs against the store paths just built, never against the Python running Dagster.
+Each check runs against the store paths just built, never against the Python running Dagster. A store
+path never changes, so a check's result is kept per output path (see :class:`CheckCache`) and reused
+by later runs instead of being computed again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,13 +18,27 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey, MetadataValue
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetKey,
+    BoolMetadataValue,
+    FloatMetadataValue,
+    IntMetadataValue,
+    JsonMetadataValue,
+    MarkdownMetadataValue,
+    MetadataValue,
+    PathMetadataValue,
+    TextMetadataValue,
+    TimestampMetadataValue,
+)
 
-from .graph import NixPackage, NixPackageGraph
+from .graph import NixPackage, NixPackageGraph, store_hash
 
 if TYPE_CHECKING:
     from dagster import AssetExecutionContext
@@ -35,6 +52,12 @@ SMOKE = "smoke"
 WEBSERVER_EXECUTABLE = "dagster-webserver"
 SMOKE_TIMEOUT_S = 180.0
 CHECK_ENV_PATH = "/usr/bin:/bin"
+# Bump whenever a check's code changes what it decides or reports: cached results of older code are
+# then ignored.
+CHECK_CACHE_VERSION = 1
+CHECK_CACHE_DIR = ".checks"
+# Metadata key marking a result caused by the environment (timeout, signal), never cached.
+TRANSIENT = "transient"
 
 _IMPORT_SCRIPT = r"""
 import importlib, json, os, sys
@@ -113,18 +136,135 @@ def run_checks(
         return []
     names = {k.name for k in context.selected_asset_check_keys if k.asset_key == asset_key}
     package = outcome.package
+    cache = CheckCache(Path(str(nix.resolved("out_link_dir"))) / CHECK_CACHE_DIR)
+    recheck = bool(nix.resolved("recheck"))
+    checks: list[tuple[str, Callable[[], AssetCheckResult]]] = [
+        (IMPORTS, lambda: check_imports(nix, graph, package, asset_key)),
+        (CLI_VERSION, lambda: check_cli_version(package, asset_key)),
+        (SMOKE, lambda: check_webserver_smoke(package, asset_key)),
+    ]
     results = []
-    if IMPORTS in names:
-        results.append(check_imports(nix, graph, package, asset_key))
-    if CLI_VERSION in names:
-        results.append(check_cli_version(package, asset_key))
-    if SMOKE in names:
-        results.append(check_webserver_smoke(package, asset_key))
+    for name, check in checks:
+        if name not in names:
+            continue
+        result = None if recheck else cache.get(name, package, asset_key)
+        if result is None:
+            # An exception (or a cancelled run) leaves the cache untouched: only finished checks count.
+            result = _stamped(check(), time.time())
+            cache.put(name, package, result)
+        results.append(result)
     for result in results:
         log = context.log.info if result.passed else context.log.error
+        cached = result.metadata.get("cached")
         log(f"check {result.check_name} on {package.attr}: {'passed' if result.passed else 'FAILED'}"
+            + (" (cached)" if cached is not None and cached.value else "")
             + (f" - {result.description}" if result.description else ""))
     return results
+
+
+# ---- result cache ----------------------------------------------------------------------------------
+
+_METADATA_TYPES: dict[str, tuple[type, Callable[[Any], Any]]] = {
+    "bool": (BoolMetadataValue, MetadataValue.bool),
+    "float": (FloatMetadataValue, MetadataValue.float),
+    "int": (IntMetadataValue, MetadataValue.int),
+    "json": (JsonMetadataValue, MetadataValue.json),
+    "md": (MarkdownMetadataValue, MetadataValue.md),
+    "path": (PathMetadataValue, MetadataValue.path),
+    "text": (TextMetadataValue, MetadataValue.text),
+    "timestamp": (TimestampMetadataValue, MetadataValue.timestamp),
+}
+
+
+def _stamped(result: AssetCheckResult, checked_at: float, cached: bool = False) -> AssetCheckResult:
+    """``result`` with ``cached`` and ``checked_at`` (when the check really ran) in its metadata."""
+    metadata = {
+        **result.metadata,
+        "cached": MetadataValue.bool(cached),
+        "checked_at": MetadataValue.timestamp(checked_at),
+    }
+    return AssetCheckResult(
+        check_name=result.check_name, asset_key=result.asset_key, passed=result.passed,
+        severity=result.severity, description=result.description, metadata=metadata,
+    )
+
+
+class CheckCache:
+    """Results of checks per output store path, one JSON file each: ``<dir>/<check>-<out hash>.json``.
+
+    An entry is used only if it was written for the same check, output path, expected version and
+    :data:`CHECK_CACHE_VERSION`; anything unreadable is ignored (the check simply runs again).
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def path(self, check: str, package: NixPackage) -> Path:
+        """The file holding the result of ``check`` on ``package``'s output."""
+        return self.directory / f"{check}-{store_hash(package.out_path or '')}.json"
+
+    @staticmethod
+    def _key(check: str, package: NixPackage) -> dict[str, Any]:
+        return {
+            "cache_version": CHECK_CACHE_VERSION,
+            "check": check,
+            "out_path": package.out_path,
+            "expected_version": package.version,
+        }
+
+    def get(self, check: str, package: NixPackage, key: AssetKey) -> AssetCheckResult | None:
+        """The cached result of ``check`` on ``package`` (marked ``cached``), or None."""
+        if not package.out_path:
+            return None
+        try:
+            data = json.loads(self.path(check, package).read_text())
+            if not isinstance(data, dict) or data.get("key") != self._key(check, package):
+                return None
+            metadata = {}
+            for name, entry in data["metadata"].items():
+                metadata[name] = _METADATA_TYPES[entry["type"]][1](entry["value"])
+            result = AssetCheckResult(
+                check_name=check,
+                asset_key=key,
+                passed=bool(data["passed"]),
+                severity=AssetCheckSeverity(data["severity"]),
+                description=data["description"],
+                metadata=metadata,
+            )
+            return _stamped(result, float(data["checked_at"]), cached=True)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return None
+
+    def put(self, check: str, package: NixPackage, result: AssetCheckResult) -> None:
+        """Store ``result`` (atomically); results marked transient or with unknown metadata are not."""
+        if not package.out_path or TRANSIENT in result.metadata:
+            return
+        metadata: dict[str, dict[str, Any]] = {}
+        for name, value in result.metadata.items():
+            if name in ("cached", "checked_at"):
+                continue
+            kind = next((k for k, (cls, _) in _METADATA_TYPES.items() if type(value) is cls), None)
+            if kind is None:
+                return  # cannot be written back faithfully: run the check again next time
+            metadata[name] = {"type": kind, "value": value.value}
+        data = {
+            "key": self._key(check, package),
+            "passed": result.passed,
+            "severity": result.severity.value,
+            "description": result.description,
+            "metadata": metadata,
+            "checked_at": result.metadata["checked_at"].value,
+        }
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{check}-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+            os.replace(tmp, self.path(check, package))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
 
 # ---- imports ---------------------------------------------------------------------------------------
@@ -210,7 +350,8 @@ def check_imports(nix: NixResource, graph: NixPackageGraph, package: NixPackage,
     try:
         results = json.loads(proc.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        return _fail(IMPORTS, key, f"import script failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+        return _fail(IMPORTS, key, f"import script failed (exit {proc.returncode}): {proc.stderr[-2000:]}",
+                     transient=proc.returncode < 0)
     bad = {m: r for m, r in results.items() if not r["ok"]}
     metadata = {
         "modules": MetadataValue.json(sorted(results)),
@@ -266,6 +407,7 @@ def check_cli_version(package: NixPackage, key: AssetKey) -> AssetCheckResult:
     problems = []
     outputs = {}
     without_option = []
+    transient = False
     with tempfile.TemporaryDirectory(prefix="nix-cli-check-") as home:
         for exe in exes:
             try:
@@ -275,7 +417,9 @@ def check_cli_version(package: NixPackage, key: AssetKey) -> AssetCheckResult:
                 )
             except (OSError, subprocess.TimeoutExpired) as exc:
                 problems.append(f"{Path(exe).name}: {exc}")
+                transient = transient or isinstance(exc, subprocess.TimeoutExpired)
                 continue
+            transient = transient or proc.returncode < 0
             text = (proc.stdout + proc.stderr).strip()
             outputs[Path(exe).name] = text[-300:]
             if proc.returncode == 2 and "no such option" in text.lower():
@@ -294,7 +438,7 @@ def check_cli_version(package: NixPackage, key: AssetKey) -> AssetCheckResult:
     if len(without_option) == len(exes):
         problems.append(f"no executable accepts --version: {', '.join(without_option)}")
     if problems:
-        return _fail(CLI_VERSION, key, "; ".join(problems), metadata)
+        return _fail(CLI_VERSION, key, "; ".join(problems), metadata, transient=transient)
     return AssetCheckResult(check_name=CLI_VERSION, asset_key=key, passed=True, metadata=metadata)
 
 
@@ -363,6 +507,8 @@ def check_webserver_smoke(
                     pass
                 time.sleep(0.5)
         finally:
+            # Still running without answering: the machine may just be slow, so don't cache a failure.
+            timed_out = proc.poll() is None and time.monotonic() - started >= timeout
             _stop_group(proc)
         seconds = round(time.monotonic() - started, 3)
         log_tail = log_path.read_text(errors="replace")[-3000:]
@@ -375,7 +521,8 @@ def check_webserver_smoke(
         return AssetCheckResult(check_name=SMOKE, asset_key=key, passed=True, metadata=metadata)
     metadata["log_tail"] = MetadataValue.md(f"```\n{log_tail}\n```")
     return _fail(SMOKE, key, f"webserver did not answer 200 on /server_info and / within {timeout}s "
-                 f"(got {statuses or 'no answer'}; exit {proc.returncode})", metadata)
+                 f"(got {statuses or 'no answer'}; exit {proc.returncode})", metadata,
+                 transient=timed_out or (proc.returncode or 0) < 0)
 
 
 def _stop_group(proc: subprocess.Popen) -> None:
@@ -391,12 +538,17 @@ def _stop_group(proc: subprocess.Popen) -> None:
         pass
 
 
-def _fail(name: str, key: AssetKey, description: str, metadata: dict | None = None) -> AssetCheckResult:
+def _fail(
+    name: str, key: AssetKey, description: str, metadata: dict | None = None, *, transient: bool = False
+) -> AssetCheckResult:
+    """A failed check; ``transient`` when the environment (a timeout, a signal) may be to blame, so the
+    result is not cached and the next run checks again."""
+    extra = {TRANSIENT: MetadataValue.bool(True)} if transient else {}
     return AssetCheckResult(
         check_name=name,
         asset_key=key,
         passed=False,
         severity=AssetCheckSeverity.ERROR,
         description=description,
-        metadata={**(metadata or {}), "error": MetadataValue.text(description)},
+        metadata={**(metadata or {}), "error": MetadataValue.text(description), **extra},
     )

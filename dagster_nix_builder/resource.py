@@ -75,6 +75,10 @@ class NixResource(ConfigurableResource):
         default=DEFAULT_NIX_CONFIG,
         description="Value of NIX_CONFIG in the environment of every Nix command.",
     )
+    recheck: bool = Field(
+        default=False,
+        description="Run checks again even when the output path was already checked.",
+    )
 
     _version: str | None = PrivateAttr(default=None)
 
