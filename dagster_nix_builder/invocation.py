@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -110,6 +110,8 @@ class NixBuildInvocation:
         self._queue: queue.Queue[bytes | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._stdout_chunks: list[bytes] = []
+        self._path_info: dict[str, dict[str, Any]] = {}
+        self._path_info_asked: set[str] = set()
 
     # ---- starting --------------------------------------------------------------------------------
 
@@ -142,6 +144,7 @@ class NixBuildInvocation:
     def _spawn(self) -> None:
         self._log(f"Running: {self.nix.describe(self.command)}")
         already = self._valid_attrs(self.attrs)
+        self.nix.log_command(self.command)
         for attr in self.attrs:
             if attr in already:
                 self._outcomes[attr] = PackageOutcome(attr, self.graph[attr], "valid")
@@ -407,7 +410,9 @@ class NixBuildInvocation:
                     outcome = done[attr]
                     key = keys.get(attr)
                     check_results = run_checks(self.nix, self.graph, outcome, key, self.context)
-                    yield materialize_result(self.nix, self.graph, outcome, key, check_results)
+                    yield materialize_result(
+                        self.nix, self.graph, outcome, key, check_results, path_info=self.path_info(attr)
+                    )
                     reported.add(attr)
                     for result in check_results:
                         if result.check_name == "imports" and not result.passed:
@@ -444,6 +449,17 @@ class NixBuildInvocation:
                     failures[outcome.attr] += "\n    " + "\n    ".join(outcome.log_tail)
                 self._log(f"{outcome.attr} failed: {failures[outcome.attr]}")
             yield from flush()
+
+    def path_info(self, attr: str) -> dict[str, dict[str, Any]]:
+        """``nix path-info`` of ``attr``'s outputs. Asked for every package known to be valid by then in
+        one call, so a run of already-built packages asks once, not once per package."""
+        wanted = set(self.graph[attr].outputs.values())
+        if not wanted <= self._path_info_asked:
+            valid = [o.attr for o in self._outcomes.values() if o.ok]
+            paths = {p for a in [attr, *valid] for p in self.graph[a].outputs.values()} - self._path_info_asked
+            self._path_info.update(self.nix.path_info(sorted(paths)))
+            self._path_info_asked |= paths
+        return {p: self._path_info[p] for p in wanted if p in self._path_info}
 
     def _link(self, outcome: PackageOutcome) -> None:
         out_dir = Path(str(self.nix.resolved("out_link_dir"))).resolve()
@@ -483,14 +499,18 @@ def materialize_result(
     outcome: PackageOutcome,
     asset_key: AssetKey | None,
     check_results: Sequence[Any] = (),
+    path_info: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> MaterializeResult:
-    """The materialization of one package: paths, versions, timings and sizes."""
+    """The materialization of one package: paths, versions, timings and sizes.
+
+    ``path_info`` (``nix path-info --json -S`` by path) is asked of Nix when not given.
+    """
     from dagster import DataVersion, MaterializeResult, MetadataValue
 
     from .checks import wheel_path
 
     package = outcome.package
-    info = nix.path_info(list(package.outputs.values()))
+    info = path_info if path_info is not None else nix.path_info(list(package.outputs.values()))
     out = package.out_path or ""
     pins = read_source(graph.nix_dir)
     metadata: dict[str, Any] = {

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -14,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 from dagster import ConfigurableResource, EnvVar
-from pydantic import Field, PrivateAttr, field_validator
+from pydantic import Field, field_validator
 
 from .errors import NixCommandError, NixNotFoundError
 from .log_format import NixMessage, PlainLine, parse_line
@@ -26,6 +28,33 @@ if TYPE_CHECKING:
     from .invocation import NixBuildInvocation
 
 DEFAULT_NIX_CONFIG = "experimental-features = nix-command\nsubstituters ="
+NIX_BASE32_CHARS = "0123456789abcdfghijklmnpqrsvwxyz"
+
+# Every Nix command this package runs is logged here (DEBUG), e.g. to count them in tests.
+command_logger = logging.getLogger("dagster_nix_builder.commands")
+
+# `nix --version` per executable path: asked once per process, not once per run or package.
+_VERSIONS: dict[str, str] = {}
+
+
+def nix_base32(digest: bytes) -> str:
+    """Nix's base-32 encoding of a hash (as in store paths and ``gcroots/auto`` names)."""
+    length = (len(digest) * 8 - 1) // 5 + 1
+    chars = []
+    for n in range(length - 1, -1, -1):
+        b = n * 5
+        i, j = divmod(b, 8)
+        c = digest[i] >> j
+        if i + 1 < len(digest):
+            c |= digest[i + 1] << (8 - j)
+        chars.append(NIX_BASE32_CHARS[c & 0x1F])
+    return "".join(chars)
+
+
+def indirect_root_path(link: str | os.PathLike[str]) -> Path:
+    """Where Nix registers ``link`` as an indirect GC root: ``<state>/gcroots/auto/<base32 sha1(link)>``."""
+    state_dir = os.environ.get("NIX_STATE_DIR", "/nix/var/nix")
+    return Path(state_dir) / "gcroots" / "auto" / nix_base32(hashlib.sha1(os.fsencode(link)).digest())
 
 
 def _find_executable(executable: str) -> str | None:
@@ -79,8 +108,6 @@ class NixResource(ConfigurableResource):
         default=False,
         description="Run checks again even when the output path was already checked.",
     )
-
-    _version: str | None = PrivateAttr(default=None)
 
     @field_validator("executable")
     @classmethod
@@ -186,6 +213,7 @@ class NixResource(ConfigurableResource):
 
     def run(self, command: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a short Nix command to completion; on failure raise with Nix's own error messages."""
+        self.log_command(command)
         proc = subprocess.run(list(command), capture_output=True, text=True, env=self.subprocess_env(), check=False)
         if check and proc.returncode != 0:
             messages = []
@@ -198,13 +226,18 @@ class NixResource(ConfigurableResource):
             raise NixCommandError(command, proc.returncode, messages)
         return proc
 
+    def log_command(self, command: Sequence[str]) -> None:
+        """Log a Nix command about to run (DEBUG on :data:`command_logger`)."""
+        command_logger.debug("%s", shlex.join(command))
+
     # ---- facts -----------------------------------------------------------------------------------
 
     def nix_version(self) -> str:
-        """``nix --version`` (e.g. ``nix (Nix) 2.8.0``)."""
-        if self._version is None:
-            self._version = self.run([self.executable_path, "--version"]).stdout.strip()
-        return self._version
+        """``nix --version`` (e.g. ``nix (Nix) 2.8.0``), asked once per process and executable."""
+        exe = self.executable_path
+        if exe not in _VERSIONS:
+            _VERSIONS[exe] = self.run([exe, "--version"]).stdout.strip()
+        return _VERSIONS[exe]
 
     def invalid_paths(self, paths: Sequence[str]) -> set[str]:
         """The subset of ``paths`` that are not valid in the store."""
@@ -220,10 +253,17 @@ class NixResource(ConfigurableResource):
         proc = self.run(self.nix_command("path-info", "--json", "-S", *paths))
         return {entry["path"]: entry for entry in json.loads(proc.stdout) if entry.get("valid", True)}
 
-    def add_root(self, link: Path, store_path: str) -> None:
-        """Make ``link`` an indirect GC root pointing at ``store_path``."""
+    def add_root(self, link: Path, store_path: str) -> bool:
+        """Make ``link`` an indirect GC root pointing at ``store_path``; return whether Nix was asked.
+
+        Nothing runs when ``link`` already points at ``store_path`` and Nix's indirect root for it
+        exists (so a no-op run registers nothing again).
+        """
+        if is_registered_root(link, store_path):
+            return False
         link.parent.mkdir(parents=True, exist_ok=True)
         self.run(self.store_command("--add-root", str(link), "--indirect", "--realise", store_path))
+        return True
 
     def load_graph(self) -> NixPackageGraph:
         """Ask Nix for the package graph of :attr:`nix_dir`."""
@@ -249,3 +289,11 @@ class NixResource(ConfigurableResource):
     def describe(self, command: Sequence[str]) -> str:
         """A command as one shell-quoted string, for logs."""
         return shlex.join(command)
+
+
+def is_registered_root(link: Path, store_path: str) -> bool:
+    """Whether ``link`` points at ``store_path`` and is registered as an indirect GC root."""
+    try:
+        return os.readlink(link) == store_path and os.readlink(indirect_root_path(link)) == str(link)
+    except OSError:
+        return False

@@ -1,0 +1,56 @@
+"""How many Nix commands a run makes: a no-op run asks Nix a fixed few things, however many packages."""
+
+import logging
+import os
+from pathlib import Path
+
+from dagster import DagsterInstance, materialize
+
+from dagster_nix_builder import nix_assets
+from dagster_nix_builder.resource import command_logger, indirect_root_path
+
+
+def _commands(caplog, run) -> list[str]:
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger=command_logger.name):
+        assert run().success
+    return [r.getMessage() for r in caplog.records if r.name == command_logger.name]
+
+
+def _kinds(commands: list[str]) -> dict[str, int]:
+    kinds = {"--add-root": 0, "--check-validity": 0, "path-info": 0, "--version": 0, " build ": 0}
+    for command in commands:
+        for kind in kinds:
+            kinds[kind] += kind in command
+    return kinds
+
+
+def test_noop_run_asks_nix_the_same_few_things_for_one_or_all_packages(make_nix, tmp_path: Path, caplog):
+    nix = make_nix()
+    graph = nix.load_graph()
+    assets = nix_assets(graph)
+    instance = DagsterInstance.ephemeral()
+    run = lambda selection=None: lambda: materialize([assets], resources={"nix": nix}, instance=instance,
+                                                     selection=selection)
+    first = _commands(caplog, run())
+    assert _kinds(first)["--add-root"] == 4  # one per out-link, the first time
+    results = tmp_path / "results"
+    for attr in graph:
+        link = results / f"result-{attr}"
+        # The indirect root Nix registered is where we look for it.
+        assert os.readlink(indirect_root_path(link)) == str(link)
+
+    everything = _commands(caplog, run())
+    assert _kinds(everything) == {"--add-root": 0, "--check-validity": 1, "path-info": 1, "--version": 0,
+                                  " build ": 1}, everything
+    one = _commands(caplog, run(["solo"]))
+    assert len(one) == len(everything), (one, everything)
+
+    # A missing (or repointed) out-link is registered again.
+    (results / "result-mid").unlink()
+    (results / "result-solo").unlink()
+    (results / "result-solo").symlink_to(graph["base"].out_path)
+    again = _commands(caplog, run())
+    assert _kinds(again)["--add-root"] == 2
+    assert os.readlink(results / "result-mid") == graph["mid"].out_path
+    assert os.readlink(results / "result-solo") == graph["solo"].out_path
