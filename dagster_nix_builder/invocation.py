@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 ATTR_KEY = "dagster-nix/attr"
 LOG_TAIL_LINES = 25
 TERMINATE_TIMEOUT_S = 10.0
+# At most this often (and after this long without a word from Nix) ask whether pending packages became
+# valid by other means than a build of ours, e.g. another process built them.
+PROBE_INTERVAL_S = 1.0
 
 Status = Literal["built", "valid", "failed"]
 
@@ -100,6 +103,7 @@ class NixBuildInvocation:
         self._drv_to_attr = graph.by_drv_path()
         self._builds: dict[str, _Build] = {}
         self._activities: dict[int, str] = {}  # activity id -> drv path of build activities
+        self._waits: set[int] = set()  # activities waiting for a lock (another process builds)
         self._builds_activity: int | None = None
         self._progress = (0, 0)  # (done, failed) of the builds activity
         self._outcomes: dict[str, PackageOutcome] = {}
@@ -107,10 +111,14 @@ class NixBuildInvocation:
         self.stdout = ""
         self.returncode: int | None = None
         self.process: subprocess.Popen[bytes] | None = None
-        self._queue: queue.Queue[bytes | None] = queue.Queue()
+        # Lines of stderr with the time they were read: a build's start is timed when Nix said it, not
+        # when the main thread (busy with a check or a probe) got to it.
+        self._queue: queue.Queue[tuple[float, bytes] | None] = queue.Queue()
+        self._line_time = 0.0
         self._threads: list[threading.Thread] = []
         self._stdout_chunks: list[bytes] = []
         self._path_info: dict[str, dict[str, Any]] = {}
+        self._last_probe = 0.0
         self._path_info_asked: set[str] = set()
 
     # ---- starting --------------------------------------------------------------------------------
@@ -166,7 +174,7 @@ class NixBuildInvocation:
         assert self.process is not None and self.process.stderr is not None
         # A reader thread keeps Nix from blocking on a full pipe while checks run in the main thread.
         for raw in iter(self.process.stderr.readline, b""):
-            self._queue.put(raw)
+            self._queue.put((time.monotonic(), raw))
         self._queue.put(None)
 
     def _read_stdout(self) -> None:
@@ -204,11 +212,20 @@ class NixBuildInvocation:
 
     def events(self) -> Iterator[NixLogEvent]:
         """Parsed stderr events, as Nix writes them; also logs build output and Nix messages."""
+        return (event for event in self._events() if event is not None)
+
+    def _events(self, idle: float | None = None) -> Iterator[NixLogEvent | None]:
+        """Like :meth:`events`, plus ``None`` after each ``idle`` seconds without a line from Nix."""
         try:
             while True:
-                raw = self._queue.get()
-                if raw is None:
+                try:
+                    item = self._queue.get(timeout=idle)
+                except queue.Empty:
+                    yield None
+                    continue
+                if item is None:
                     break
+                self._line_time, raw = item
                 event = parse_line(raw)
                 self._log_event(event)
                 yield event
@@ -240,19 +257,29 @@ class NixBuildInvocation:
         """Per-package outcomes: already-valid packages first, then each package as its build finishes,
         then (after Nix exits) everything else. Does not raise for failed packages."""
         yield from (o for o in self._outcomes.values())
-        for event in self.events():
+        for event in self._events(idle=PROBE_INTERVAL_S):
             yield from self._handle(event)
         yield from self._finish()
 
-    def _handle(self, event: NixLogEvent) -> Iterator[PackageOutcome]:
+    def _handle(self, event: NixLogEvent | None) -> Iterator[PackageOutcome]:
         probe = False
+        # Ticks that may mean another process finished a package we wait for: progress of the builds
+        # activity (Nix lowers "expected" when a goal finds its outputs already valid), the end of a wait
+        # for a lock, or a quiet while. Probed at most every PROBE_INTERVAL_S.
+        tick = event is None or (
+            isinstance(event, ActivityProgress) and event.id == self._builds_activity
+        ) or (
+            isinstance(event, ActivityStopped) and event.id in self._waits
+        )
         if isinstance(event, ActivityStarted):
             if event.type == ActivityType.BUILDS:
                 self._builds_activity = event.id
+            elif event.type == ActivityType.BUILD_WAITING:
+                self._waits.add(event.id)
             elif event.drv_path:
                 attr = self._drv_to_attr.get(event.drv_path)
                 self._activities[event.id] = event.drv_path
-                self._builds[event.drv_path] = _Build(event.drv_path, attr, time.monotonic())
+                self._builds[event.drv_path] = _Build(event.drv_path, attr, self._line_time)
                 if attr in self.attrs:
                     self._log(f"Building {attr}: {event.drv_path}")
         elif isinstance(event, BuildLogLine):
@@ -266,22 +293,32 @@ class NixBuildInvocation:
             self._progress = (event.done, event.failed)
         elif isinstance(event, ActivityStopped) and event.id in self._activities:
             probe = True
-        if probe:
+        if probe or (tick and time.monotonic() - self._last_probe >= PROBE_INTERVAL_S):
             yield from self._probe()
 
     def _probe(self) -> Iterator[PackageOutcome]:
-        pending = [
-            b for b in self._builds.values()
-            if b.finished is None and b.attr in self.attrs and b.attr not in self._outcomes
-        ]
+        """Report every selected package still pending whose outputs are valid now (one Nix call), also
+        those this process did not build: another process may have built them meanwhile."""
+        pending = [a for a in self.attrs if a not in self._outcomes]
+        self._last_probe = time.monotonic()
         if not pending:
             return
-        valid = self._valid_attrs([b.attr for b in pending if b.attr])
+        valid = self._valid_attrs(pending)
+        # Nix logs a build's start before its outputs become valid, and the reader thread has queued that
+        # line by the time our query returns. So, with nothing queued, a valid package not seen building
+        # was not built by this nix; with lines still queued, it may have been: decide at the next probe.
+        caught_up = self._queue.empty()
         now = time.monotonic()
-        for build in pending:
-            if build.attr in valid:
+        for attr in pending:
+            if attr not in valid:
+                continue
+            build = self._builds.get(self.graph[attr].drv_path or "")
+            if build is None and not caught_up:
+                self._last_probe = 0.0
+                continue
+            if build is not None:
                 build.finished = now
-                yield self._record(build.attr, "built")
+            yield self._record(attr, "built" if build is not None else "valid")
 
     def _record(self, attr: str, status: Status, reason: str | None = None, tail: Sequence[str] = ()) -> PackageOutcome:
         build = self._builds.get(self.graph[attr].drv_path or "")

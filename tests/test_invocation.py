@@ -125,3 +125,26 @@ def test_unselected_failed_dependency_is_named(make_nix):
     (top,) = outcomes
     assert top.status == "failed" and top.reason == "dependency failed: mid"
     assert "something broke in mid" in top.log_tail
+
+
+def test_package_built_by_another_process_is_reported_while_nix_still_builds(make_nix):
+    nix = make_nix(sleep="4")
+    other = nix.build(["base"])  # another nix process, started first: it holds the lock on base
+    other_events = other.events()
+    for event in other_events:
+        if getattr(event, "drv_path", None):
+            break
+    drain = threading.Thread(target=lambda: list(other_events), daemon=True)
+    drain.start()
+    try:
+        invocation = nix.build(["base", "mid"])
+        seen = []
+        for outcome in invocation.outcomes():
+            seen.append((outcome.attr, outcome.status, invocation.is_running(), time.monotonic()))
+    finally:
+        other.terminate()
+        drain.join(timeout=30)
+    assert [(a, s) for a, s, _, _ in seen] == [("base", "valid"), ("mid", "built")]
+    base, mid = seen
+    assert base[2], "base must be reported as soon as the other process built it, while mid builds"
+    assert mid[3] - base[3] >= 2.0
