@@ -57,18 +57,19 @@ NOCHECKS_MODULE = '''
 """The six packages without their checks: the build alone, as bare Nix does it."""
 import os
 
-from dagster import Definitions
+from dagster import Definitions, in_process_executor
 
 from dagster_nix_builder import DagsterNixTranslator, DagsterNixTranslatorSettings, NixResource, nix_assets
 
 nix = NixResource(nix_dir=os.environ["DAGSTER_NIX_DIR"], out_link_dir=os.environ["DAGSTER_NIX_OUT_LINK_DIR"])
 translator = DagsterNixTranslator(DagsterNixTranslatorSettings(enable_asset_checks=False))
-defs = Definitions(assets=[nix_assets(nix.load_graph(), translator=translator)], resources={"nix": nix})
+defs = Definitions(assets=[nix_assets(nix.load_graph(), translator=translator)], resources={"nix": nix},
+                   executor=in_process_executor)  # as dagster_nix_builder.definitions
 '''
 
 TRIVIAL_MODULE = '''
 """One asset that does nothing: the floor of a Dagster run."""
-from dagster import Definitions, asset
+from dagster import Definitions, asset, in_process_executor
 
 
 @asset
@@ -76,7 +77,7 @@ def noop() -> None:
     """Nothing."""
 
 
-defs = Definitions(assets=[noop])
+defs = Definitions(assets=[noop], executor=in_process_executor)  # same executor as the six
 '''
 
 LOAD_SCRIPT = '''
