@@ -382,7 +382,7 @@ def main() -> None:
     bare_cold, build_cold, full_cold = (median(cold[k]) for k in ("bare", "dagster_build", "dagster_full"))
     figures = {
         "mechanism": "CLI subprocess: dagster asset materialize -m <module> --select '*' (temp DAGSTER_HOME, "
-        "default multiprocess executor); bare: nix build -f nix <six> (bench/package_set.py)",
+        "in-process executor, as definitions.py); bare: nix build -f nix <six> (bench/package_set.py)",
         "cold": {
             "bare_nix_s": bare_cold,
             "dagster_build_s": build_cold,
