@@ -34,7 +34,7 @@ from dagster import (
 from packaging.version import InvalidVersion, Version
 
 from dagster_nix_builder import git_upstream
-from dagster_nix_builder.pins import PinsError, read_pins
+from dagster_nix_builder.pins import Pins, PinsError, read_pins
 from dagster_nix_builder.update_job import (
     REPO_ROOT,
     PinUpdater,
@@ -85,6 +85,19 @@ def _skip(reason: str, cursor: UpstreamCursor, context: SensorEvaluationContext)
     return SensorResult(skip_reason=SkipReason(reason), cursor=cursor.to_json())
 
 
+def _pins_in_mode(
+    pins_path: Path, source: str, cursor: UpstreamCursor, context: SensorEvaluationContext
+) -> Pins | SensorResult:
+    """The pins, if they select `source`; otherwise the skip the sensor returns."""
+    try:
+        pins = read_pins(pins_path)
+    except (OSError, PinsError) as e:
+        return _skip(f"cannot read {pins_path}: {e}", cursor, context)
+    if pins.source != source:
+        return _skip(f"pins select source {pins.source!r}; this sensor follows {source} mode", cursor, context)
+    return pins
+
+
 def build_upstream_commit_sensor(
     *,
     job: JobDefinition = update_job,
@@ -121,14 +134,9 @@ def build_upstream_commit_sensor(
     )
     def _commit_sensor(context: SensorEvaluationContext) -> SensorResult:
         cursor = UpstreamCursor.from_json(context.cursor)
-        try:
-            pins = read_pins(pins_path)
-        except (OSError, PinsError) as e:
-            return _skip(f"cannot read {pins_path}: {e}", cursor, context)
-        if pins.source != "git":
-            return _skip(
-                f"pins select source {pins.source!r}; the commit sensor follows git mode", cursor, context
-            )
+        pins = _pins_in_mode(pins_path, "git", cursor, context)
+        if isinstance(pins, SensorResult):
+            return pins
         follow_url = url or pins.git.url
         follow_branch = branch or pins.git.branch
         try:
@@ -193,16 +201,9 @@ def build_release_sensor(
     )
     def _release_sensor(context: SensorEvaluationContext) -> SensorResult:
         cursor = UpstreamCursor.from_json(context.cursor)
-        try:
-            pins = read_pins(pins_path)
-        except (OSError, PinsError) as e:
-            return _skip(f"cannot read {pins_path}: {e}", cursor, context)
-        if pins.source != "release":
-            return _skip(
-                f"pins select source {pins.source!r}; the release sensor follows release mode",
-                cursor,
-                context,
-            )
+        pins = _pins_in_mode(pins_path, "release", cursor, context)
+        if isinstance(pins, SensorResult):
+            return pins
         try:
             latest = git_upstream.latest_release(packages, pip_args=pip_args, timeout=timeout_seconds)
         except (git_upstream.UpstreamError, ValueError) as e:
