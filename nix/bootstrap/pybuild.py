@@ -157,7 +157,7 @@ def import_check(modules: list[str], path: list[str]) -> None:
             "    mod = sys.modules[m]\n"
             "    assert (mod.__file__ or '').startswith('/nix/store/'), (m, mod.__file__)\n")
     env = {"PATH": ENV["PATH"], "HOME": ENV.get("TMPDIR", "/tmp")}
-    result = subprocess.run([PYTHON, "-IS", "-c", code], capture_output=True, text=True, env=env)
+    result = subprocess.run([PYTHON, "-IS", "-c", code], capture_output=True, text=True, env=env, check=False)
     if result.returncode == 3:
         checked, missing = result.stdout.strip().split("\t")
         provider = providers.get(missing.split(".")[0])
