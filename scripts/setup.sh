@@ -22,4 +22,6 @@ if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
+# The project-local Dagster instance (SQLite) that the README's commands point DAGSTER_HOME at.
+mkdir -p .dagster_home
 echo "setup: ready ($(nix --version), $(.venv/bin/dagster --version))" >&2
