@@ -171,10 +171,11 @@ def test_undeclared_requirement_fails_the_runtime_dependencies_check(nix_copy: P
             "but python3Packages.packaging is not among its dependencies") in result.stderr
 
 
-def test_wrong_source_hash_shows_specified_and_got(nix_copy: Path, tmp_path: Path):
+@pytest.mark.parametrize("wrong", [FAKE_HASH, ""], ids=["fake", "empty"])
+def test_wrong_source_hash_shows_specified_and_got(nix_copy: Path, tmp_path: Path, wrong: str):
     pins = json.loads((nix_copy / "pins.json").read_text())
     real = pins["release"]["hashes"]["dagster-pipes"]
-    pins["release"]["hashes"]["dagster-pipes"] = FAKE_HASH
+    pins["release"]["hashes"]["dagster-pipes"] = wrong  # Nix reads an empty hash as the fake one
     (nix_copy / "pins.json").write_text(json.dumps(pins))
     result = nix_build(nix_copy, "dagster-pipes", out_link=tmp_path / "result")
     assert result.returncode != 0
