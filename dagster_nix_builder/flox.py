@@ -47,7 +47,7 @@ from pydantic import Field, field_validator
 
 from .errors import NixBuilderError, NixBuildError, NixCommandError, NixPackageSetError
 from .graph import NixPackage, NixPackageGraph
-from .invocation import PackageOutcome, materialize_result, selected_attrs
+from .invocation import PackageOutcome, materialize_result, requested_attrs, selected_attrs
 from .resource import NixResource
 
 if TYPE_CHECKING:
@@ -276,10 +276,7 @@ class FloxBuildInvocation:
         graph: NixPackageGraph | None = None,
     ) -> FloxBuildInvocation:
         """Evaluate the package set with Nix, lay it out for Flox and start ``flox build``."""
-        if attrs is None:
-            if context is None:
-                raise ValueError("FloxResource.build needs attrs or a context to read the selection from")
-            attrs = [attr for attr, _ in selected_attrs(context)]
+        attrs = requested_attrs(attrs, context, "FloxResource")
         graph = graph or flox.load_graph()
         layout = flox.prepare()
         missing = [a for a in attrs if a not in layout.packages]

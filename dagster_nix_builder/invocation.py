@@ -133,10 +133,7 @@ class NixBuildInvocation:
         graph: NixPackageGraph | None = None,
     ) -> NixBuildInvocation:
         """Evaluate the package set, then start ``nix build`` for ``attrs`` (or the context's selection)."""
-        if attrs is None:
-            if context is None:
-                raise ValueError("NixResource.build needs attrs or a context to read the selection from")
-            attrs = [attr for attr, _ in selected_attrs(context)]
+        attrs = requested_attrs(attrs, context, "NixResource")
         # Evaluate now, not at definitions load: the expressions may have changed since.
         graph = graph or nix.load_graph()
         unknown = [a for a in attrs if a not in graph]
@@ -578,6 +575,17 @@ def materialize_result(
         data_version=DataVersion(store_hash(out)) if out else None,
         check_results=list(check_results),
     )
+
+
+def requested_attrs(
+    attrs: Sequence[str] | None, context: AssetExecutionContext | None, backend: str
+) -> list[str]:
+    """``attrs`` if given, else the attributes of the assets selected in ``context``."""
+    if attrs is not None:
+        return list(attrs)
+    if context is None:
+        raise ValueError(f"{backend}.build needs attrs or a context to read the selection from")
+    return [attr for attr, _ in selected_attrs(context)]
 
 
 def selected_attrs(context: AssetExecutionContext) -> list[tuple[str, AssetKey]]:
