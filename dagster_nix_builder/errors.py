@@ -22,6 +22,20 @@ class NixNotFoundError(NixBuilderError):
         )
 
 
+class NixVersionError(NixBuilderError):
+    """The Nix found is older than the oldest supported, or its version cannot be read."""
+
+    def __init__(self, executable: str, found: str, minimum: tuple[int, ...]) -> None:
+        self.executable = executable
+        self.found = found
+        self.minimum = ".".join(map(str, minimum))
+        super().__init__(
+            f"{executable} is {found!r}, but dagster-nix-builder needs Nix {self.minimum} or newer. Install a "
+            "newer Nix (Debian 12 and later: `apt-get install nix-bin`; elsewhere see https://nixos.org/download) "
+            "or point the `executable` field of NixResource (env DAGSTER_NIX_EXECUTABLE) at a newer `nix`."
+        )
+
+
 class NixCommandError(NixBuilderError):
     """A Nix command exited non-zero; carries the command, exit code and Nix's own error messages."""
 

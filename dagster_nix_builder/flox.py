@@ -29,7 +29,6 @@ whether the out-link changed.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -355,10 +354,9 @@ class FloxBuildInvocation:
         outputs = {"out": out_path} if "out" in links else {next(iter(links)): out_path}
         drv_path = deriver if deriver.endswith(".drv") and os.path.exists(deriver) else None
         if drv_path:
-            shown = json.loads(self.flox.run(self.flox.nix_command("show-derivation", drv_path)).stdout)
-            # One derivation; newer Nix keys it by base name instead of full path, so take the value.
+            shown = self.flox.show_derivations([drv_path])
             derivation = shown.get(drv_path) or next(iter(shown.values()))
-            outputs = {name: o["path"] for name, o in derivation["outputs"].items() if o.get("path")}
+            outputs = dict(derivation.outputs)
             if out_path not in outputs.values():  # not what the link says: trust the link
                 outputs = {"out": out_path}
         return replace(package, outputs=outputs, drv_path=drv_path or package.drv_path)

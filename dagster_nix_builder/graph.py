@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import NixDependencyCycleError, NixEvalError, NixPackageSetError
-from .log_format import NixMessage, PlainLine, parse_line
+from .log_format import error_messages
 
 if TYPE_CHECKING:
     from .resource import NixResource
@@ -135,20 +135,12 @@ def graph_nix_path() -> str:
 
 
 def _eval_error(command: Sequence[str], proc: subprocess.CompletedProcess[str]) -> NixEvalError:
-    messages: list[str] = []
-    where: NixMessage | None = None
-    for raw in proc.stderr.splitlines():
-        event = parse_line(raw)
-        if isinstance(event, NixMessage) and event.is_error:
-            messages.append(event.msg)
-            if where is None and event.file and event.line:
-                where = event
-        elif isinstance(event, PlainLine) and event.text.strip():
-            messages.append(event.text)
+    errors = error_messages(proc.stderr)
+    where = errors.where
     return NixEvalError(
         command,
         proc.returncode,
-        messages,
+        errors.messages,
         file=where.file if where else None,
         line=where.line if where else None,
         column=where.column if where else None,
@@ -184,7 +176,9 @@ def load_package_graph(nix: NixResource) -> NixPackageGraph:
         NixPackageSetError: the directory has no ``default.nix``.
         NixEvalError: Nix failed to evaluate (names file and line for syntax errors).
         NixDependencyCycleError: the packages' formal arguments form a cycle.
+        NixVersionError: the Nix is older than the oldest supported.
     """
+    nix.nix_version()  # fail first, and clearly, on a Nix too old for what follows
     nix_dir = str(Path(nix.resolved("nix_dir")).resolve())
     if not (Path(nix_dir) / "default.nix").is_file():
         raise NixPackageSetError(f"No default.nix in Nix package-set directory {nix_dir!r}.")

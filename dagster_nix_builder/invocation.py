@@ -35,6 +35,7 @@ from .log_format import (
     PlainLine,
     parse_line,
 )
+from .nix_output import parse_build_json
 
 if TYPE_CHECKING:
     from dagster import AssetExecutionContext, AssetKey, MaterializeResult
@@ -134,6 +135,7 @@ class NixBuildInvocation:
     ) -> NixBuildInvocation:
         """Evaluate the package set, then start ``nix build`` for ``attrs`` (or the context's selection)."""
         attrs = requested_attrs(attrs, context, "NixResource")
+        nix.nix_version()  # a Nix too old fails here, naming its version and the fix
         # Evaluate now, not at definitions load: the expressions may have changed since.
         graph = graph or nix.load_graph()
         unknown = [a for a in attrs if a not in graph]
@@ -400,12 +402,13 @@ class NixBuildInvocation:
         return list(self.outcomes())
 
     @property
-    def build_json(self) -> list[dict[str, Any]]:
-        """What ``nix build --json`` printed on stdout (empty if the build failed)."""
+    def build_json(self) -> dict[str, dict[str, str]]:
+        """What ``nix build --json`` printed on stdout, as ``{drv path: {output: store path}}`` (empty if
+        the build failed)."""
         try:
-            return json.loads(self.stdout) if self.stdout.strip() else []
+            return parse_build_json(self.stdout)
         except ValueError:
-            return []
+            return {}
 
     # ---- Dagster ---------------------------------------------------------------------------------
 
@@ -555,7 +558,7 @@ def materialize_result(
         "build_seconds": MetadataValue.float(float(outcome.build_seconds)),
         "nar_size": MetadataValue.int(int(info.get(out, {}).get("narSize", 0))),
         "closure_size": MetadataValue.int(int(info.get(out, {}).get("closureSize", 0))),
-        "nix_version": MetadataValue.text(nix.nix_version()),
+        "nix_version": MetadataValue.text(nix.nix_version().text),
         "scope": MetadataValue.text(str(nix.resolved("scope") or "")),
         "source": MetadataValue.text(describe_source(pins)),
     }

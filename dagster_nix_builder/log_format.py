@@ -1,56 +1,20 @@
 """Parse Nix's ``--log-format internal-json`` stderr into small frozen dataclasses.
 
 Each stderr line is either ``@nix {json}`` or plain text. The parser never raises: anything it cannot
-make sense of becomes a :class:`PlainLine`.
+make sense of becomes a :class:`PlainLine`. What differs between Nix versions (positions, activity and
+result types, colours) is read through :mod:`.nix_output`.
 """
 
 from __future__ import annotations
 
 import json
-import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import Any
 
+from .nix_output import ActivityType, ResultType, message_position, strip_ansi
+
 _PREFIX = "@nix "
-# Nix colours its messages even in JSON; strip the escapes so logs and errors read cleanly.
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-class ActivityType(IntEnum):
-    """Activity types of Nix's logger (``src/libutil/logging.hh``)."""
-
-    UNKNOWN = 0
-    COPY_PATH = 100
-    FILE_TRANSFER = 101
-    REALISE = 102
-    COPY_PATHS = 103
-    BUILDS = 104
-    BUILD = 105
-    OPTIMISE_STORE = 106
-    VERIFY_PATHS = 107
-    SUBSTITUTE = 108
-    QUERY_PATH_INFO = 109
-    POST_BUILD_HOOK = 110
-    BUILD_WAITING = 111
-
-
-class ResultType(IntEnum):
-    """Result types of Nix's logger."""
-
-    FILE_LINKED = 100
-    BUILD_LOG_LINE = 101
-    UNTRUSTED_PATH = 102
-    CORRUPTED_PATH = 103
-    SET_PHASE = 104
-    PROGRESS = 105
-    SET_EXPECTED = 106
-    POST_BUILD_LOG_LINE = 107
-
-
-def strip_ansi(text: str) -> str:
-    """Remove terminal colour escapes from ``text``."""
-    return _ANSI.sub("", text)
 
 
 @dataclass(frozen=True)
@@ -140,10 +104,6 @@ def _int(value: Any, default: int = 0) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
-def _opt_str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
 def parse_line(line: str | bytes) -> NixLogEvent:
     """Parse one stderr line of Nix into an event; never raises."""
     if isinstance(line, bytes):
@@ -168,15 +128,14 @@ def _from_json(data: dict[str, Any]) -> NixLogEvent | None:
     fields = data.get("fields")
     fields_t = tuple(fields) if isinstance(fields, list) else ()
     if action == "msg":
-        line = data.get("line")
-        column = data.get("column")
+        where = message_position(data)
         return NixMessage(
             level=_int(data.get("level")),
             msg=strip_ansi(str(data.get("msg", ""))),
             raw_msg=strip_ansi(data["raw_msg"]) if isinstance(data.get("raw_msg"), str) else None,
-            file=_opt_str(data.get("file")),
-            line=line if isinstance(line, int) else None,
-            column=column if isinstance(column, int) else None,
+            file=where.file,
+            line=where.line,
+            column=where.column,
         )
     if "id" not in data or not isinstance(data["id"], int):
         return None
@@ -200,3 +159,28 @@ def _from_json(data: dict[str, Any]) -> NixLogEvent | None:
             return ActivityProgress(act_id, *fields_t)
         return ActivityResult(id=act_id, type=rtype, fields=fields_t)
     return None
+
+
+@dataclass(frozen=True)
+class NixErrors:
+    """Nix's own error messages in a stderr, and the first position one of them points at."""
+
+    messages: tuple[str, ...]
+    where: NixMessage | None = None
+
+
+def error_messages(stderr: str | Iterable[str]) -> NixErrors:
+    """The error-level messages of a Nix stderr (internal-json or plain; plain lines are kept), in order,
+    with the first message that names a file and line."""
+    lines = stderr.splitlines() if isinstance(stderr, str) else stderr
+    messages: list[str] = []
+    where: NixMessage | None = None
+    for raw in lines:
+        event = parse_line(raw)
+        if isinstance(event, NixMessage) and event.is_error:
+            messages.append(event.msg)
+            if where is None and event.file and event.line:
+                where = event
+        elif isinstance(event, PlainLine) and event.text.strip():
+            messages.append(event.text)
+    return NixErrors(tuple(messages), where)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shlex
@@ -19,7 +18,8 @@ from dagster import ConfigurableResource, EnvVar
 from pydantic import Field, field_validator
 
 from .errors import NixCommandError, NixNotFoundError
-from .log_format import NixMessage, PlainLine, parse_line
+from .log_format import error_messages
+from .nix_output import Derivation, NixVersion, parse_derivation_show, parse_path_info, parse_version
 
 if TYPE_CHECKING:
     from dagster import AssetExecutionContext
@@ -34,7 +34,7 @@ NIX_BASE32_CHARS = "0123456789abcdfghijklmnpqrsvwxyz"
 command_logger = logging.getLogger("dagster_nix_builder.commands")
 
 # `nix --version` per executable path: asked once per process, not once per run or package.
-_VERSIONS: dict[str, str] = {}
+_VERSIONS: dict[str, NixVersion] = {}
 
 
 def nix_base32(digest: bytes) -> str:
@@ -89,7 +89,11 @@ class NixResource(ConfigurableResource):
         default=".nix-results",
         description="Folder for the out-links `result-<attr>` (and `result-<attr>-<output>`), GC roots.",
     )
-    max_jobs: int | None = Field(default=None, description="`--max-jobs` for `nix build`.")
+    max_jobs: int | None = Field(
+        default=os.cpu_count(),
+        description="`--max-jobs` for `nix build`: how many derivations Nix builds at once. Defaults to the "
+        "number of cores of this machine (Nix's own default is 1); null leaves it to Nix's configuration.",
+    )
     cores: int | None = Field(default=None, description="`--cores` for `nix build`.")
     extra_options: dict[str, str] | None = Field(
         default=None, description="Extra Nix settings, each passed as `--option <name> <value>`."
@@ -216,14 +220,7 @@ class NixResource(ConfigurableResource):
         self.log_command(command)
         proc = subprocess.run(list(command), capture_output=True, text=True, env=self.subprocess_env(), check=False)
         if check and proc.returncode != 0:
-            messages = []
-            for raw in proc.stderr.splitlines():
-                event = parse_line(raw)
-                if isinstance(event, NixMessage) and event.is_error:
-                    messages.append(event.msg)
-                elif isinstance(event, PlainLine) and event.text.strip():
-                    messages.append(event.text)
-            raise NixCommandError(command, proc.returncode, messages)
+            raise NixCommandError(command, proc.returncode, error_messages(proc.stderr).messages)
         return proc
 
     def log_command(self, command: Sequence[str]) -> None:
@@ -232,11 +229,15 @@ class NixResource(ConfigurableResource):
 
     # ---- facts -----------------------------------------------------------------------------------
 
-    def nix_version(self) -> str:
-        """``nix --version`` (e.g. ``nix (Nix) 2.8.0``), asked once per process and executable."""
+    def nix_version(self) -> NixVersion:
+        """``nix --version`` (``str()`` gives e.g. ``nix (Nix) 2.8.0``), asked once per process and executable.
+
+        Raises:
+            NixVersionError: the Nix is older than the oldest supported (names both and the fix).
+        """
         exe = self.executable_path
         if exe not in _VERSIONS:
-            _VERSIONS[exe] = self.run([exe, "--version"]).stdout.strip()
+            _VERSIONS[exe] = parse_version(self.run([exe, "--version"]).stdout, exe)
         return _VERSIONS[exe]
 
     def invalid_paths(self, paths: Sequence[str]) -> set[str]:
@@ -250,8 +251,13 @@ class NixResource(ConfigurableResource):
         """``nix path-info --json -S``: narSize, closureSize, ... per valid path."""
         if not paths:
             return {}
-        proc = self.run(self.nix_command("path-info", "--json", "-S", *paths))
-        return {entry["path"]: entry for entry in json.loads(proc.stdout) if entry.get("valid", True)}
+        proc = self.run(self.nix_command("path-info", *self.nix_version().path_info_json(), "-S", *paths))
+        return {path: info for path, info in parse_path_info(proc.stdout).items() if info is not None}
+
+    def show_derivations(self, installables: Sequence[str]) -> dict[str, Derivation]:
+        """``nix derivation show`` (``show-derivation`` on a Nix without it), by ``.drv`` path."""
+        proc = self.run(self.nix_command(*self.nix_version().derivation_show(), *installables))
+        return parse_derivation_show(proc.stdout)
 
     def add_root(self, link: Path, store_path: str) -> bool:
         """Make ``link`` an indirect GC root pointing at ``store_path``; return whether Nix was asked.

@@ -45,7 +45,8 @@ import git
 
 from dagster_nix_builder import git_upstream
 from dagster_nix_builder.errors import NixBuilderError
-from dagster_nix_builder.log_format import ActivityStarted, BuildLogLine, NixMessage, parse_line, strip_ansi
+from dagster_nix_builder.log_format import ActivityStarted, BuildLogLine, NixMessage, parse_line
+from dagster_nix_builder.nix_output import parse_build_json, strip_ansi
 from dagster_nix_builder.pins import (
     FAKE_HASH,
     RELEASE_PACKAGES,
@@ -539,10 +540,7 @@ class Updater:
                 f"rebuilding {', '.join(attrs)} failed (exit {proc.returncode})",
                 _errors(proc.stderr),
             )
-        # `nix build --json` does not promise the order of its results: match them by derivation.
-        outputs: dict[str, dict[str, str]] = {}
-        for r in json.loads(proc.stdout or "[]"):
-            outputs.setdefault(r["drvPath"], {}).update(r.get("outputs", {}))
+        outputs = parse_build_json(proc.stdout)
         return {attr: tuple(outputs.get(drvs[attr], {}).values()) for attr in attrs}
 
     def _downstream_attrs(self, drvs: Mapping[str, str]) -> list[str]:

@@ -30,6 +30,11 @@ def test_command_line_from_resource(tmp_path: Path):
     assert "substituters =" in nix.subprocess_env()["NIX_CONFIG"]
 
 
+def test_max_jobs_defaults_to_the_cores_unless_configured():
+    assert NixResource(nix_dir=str(TINY)).build_command(["base"])[-3:] == ["--max-jobs", str(os.cpu_count()), "base"]
+    assert "--max-jobs" not in NixResource(nix_dir=str(TINY), max_jobs=None).build_command(["base"])
+
+
 def test_outcomes_in_completion_order_then_already_valid(make_nix):
     nix = make_nix()
     outcomes = nix.build(["top-level", "solo"]).wait()
