@@ -33,8 +33,10 @@ python3Packages.buildPythonPackage {
     universal-pathlib
     watchdog
   ]);
-  # Upper bounds Dagster pins for its own CI; nixpkgs may carry a newer release.
-  pythonRelaxDeps = [ "grpcio-health-checking" "protobuf" "antlr4-python3-runtime" ];
+  # Exactly the bounds nixpkgs' python3Packages violate (nixpkgs' runtime-deps check fails on them;
+  # tests/test_nixpkgs_versions.py keeps this list exact): 1.13.27 wants coloredlogs<=14.0 (nixpkgs: 15.0.1)
+  # and grpcio-health-checking<1.82 (nixpkgs: 1.84.0), upper bounds of Dagster's own CI.
+  pythonRelaxDeps = [ "coloredlogs" "grpcio-health-checking" ];
   # What the cli_version check runs (nothing for a library).
   passthru.executables = [ "dagster" "dagster-daemon" ];
   pythonImportsCheck = [ "dagster" ];
