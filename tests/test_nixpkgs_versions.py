@@ -105,10 +105,9 @@ def test_the_attributes_asked_of_nixpkgs_come_from_the_expressions():
     assert {"coloredlogs", "gql", "requests-toolbelt", "uvicorn", "pyyaml"} <= attrs
     assert not attrs & set(facts)  # the set's own packages are not asked of nixpkgs
     if RECORD.is_file():  # the record covers every attribute that is not an extra's
-        recorded = set(json.loads(RECORD.read_text())["packages"])
         record = json.loads(RECORD.read_text())
         extras = set(record["gql_optional_dependencies_requests"] + record["uvicorn_optional_dependencies_standard"])
-        assert attrs - extras <= recorded
+        assert attrs - extras <= set(record["packages"])
 
 
 @needs_nix
