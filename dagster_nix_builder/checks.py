@@ -318,9 +318,11 @@ def module_providers(graph: NixPackageGraph) -> dict[str, str]:
     wheels = Path(graph.nix_dir) / "bootstrap" / "wheels.json"
     if wheels.is_file():
         try:
-            data = json.loads(wheels.read_text()).get("wheels", {})
+            targets = json.loads(wheels.read_text()).get("targets", {})
         except ValueError:
-            data = {}
+            targets = {}
+        # Every target locks the same distributions (by name); any one names the modules.
+        data = next(iter(targets.values()), {}).get("wheels", {})
         for name, info in data.items():
             for module in (info or {}).get("modules", []):
                 providers.setdefault(module, f"python3Packages.{name}")

@@ -221,6 +221,8 @@ class UpdateSettings:
         nix_config: Put in `NIX_CONFIG` of every Nix call.
         source_attr: The attribute of the source.
         lock_python: Interpreter running `nix/bootstrap/lock.py` in release updates.
+        lock_targets: The `<python>-<system>` locks to regenerate (default: every target lock.py knows);
+            the others are dropped from the lock, since they would pin the old Dagster.
         pip_args: Extra pip arguments for the release lookup (e.g. `--no-index --find-links DIR`).
         package_set_checks: Run the asset checks of `dagster_nix_builder.checks` that apply to each rebuilt
             package (`imports`, `cli_version`; `smoke` too with `run_smoke_check`), as the assets would.
@@ -239,6 +241,7 @@ class UpdateSettings:
     nix_config: str = DEFAULT_NIX_CONFIG
     source_attr: str = "dagster-src"
     lock_python: str = "/usr/bin/python3"
+    lock_targets: Sequence[str] = ()
     pip_args: Sequence[str] = ()
     package_set_checks: bool = True
     run_smoke_check: bool = False
@@ -482,6 +485,7 @@ class Updater:
         cmd = [
             self.settings.lock_python, str(self._lock_script()),
             "--dagster-version", version, "--output", str(self._wheels_path()),
+            *(arg for target in self.settings.lock_targets for arg in ("--target", target)),
         ]  # fmt: skip
         self._remember(self._wheels_path(), external=True)
         proc = self._sh(cmd, env=None, timeout=self.settings.timeout_seconds, cwd=self.repo_dir)

@@ -247,11 +247,21 @@ def test_git_mode_rejects_a_short_rev(nix_copy: Path, tmp_path: Path):
 
 def test_lock_pins_every_wheel_by_sha256():
     lock = json.loads((NIX_DIR / "bootstrap/wheels.json").read_text())
-    assert lock["python"] == "3.11"
-    for name, wheel in lock["wheels"].items():
-        assert re.fullmatch(r"[0-9a-f]{64}", wheel["sha256"]), name
-        assert wheel["file"].endswith(".whl") and "/" not in wheel["file"]
-        assert set(wheel["deps"]) <= set(lock["wheels"]), name
+    # CPython 3.11 to 3.14 on both Linux systems Nix users run, each its own wheel tags.
+    assert set(lock["targets"]) == {f"3.{minor}-{system}" for minor in (11, 12, 13, 14)
+                                    for system in ("x86_64-linux", "aarch64-linux")}
+    for key, target in lock["targets"].items():
+        abi = "cp" + target["python"].replace(".", "")
+        machine = target["system"].split("-")[0]
+        assert key == f"{target['python']}-{target['system']}"
+        assert re.fullmatch(r"[0-9a-z]{52}", target["wheelhouse"]), key
+        for name, wheel in target["wheels"].items():
+            assert re.fullmatch(r"[0-9a-f]{64}", wheel["sha256"]), name
+            assert wheel["file"].endswith(".whl") and "/" not in wheel["file"]
+            assert set(wheel["deps"]) <= set(target["wheels"]), name
+            tags = wheel["file"].removesuffix(".whl").split("-")[-3:]
+            assert tags[2] == "any" or machine in tags[2], (key, wheel["file"])
+            assert tags[1] in (abi, "abi3", "none"), (key, wheel["file"])
     # No index host or local mirror path is written into the lock.
     text = (NIX_DIR / "bootstrap/wheels.json").read_text()
     assert "://" not in text and "/opt/" not in text

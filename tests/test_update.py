@@ -365,7 +365,11 @@ def test_release_update_of_the_real_six_against_a_local_index(monkeypatch: pytes
         head = git(project, "rev-parse", "HEAD")
 
         logs: list[str] = []
-        result = update(settings(project), version="1.13.27", log=logs.append)
+        # The local folder holds this machine's wheels only: lock this machine's target alone.
+        host = subprocess.run(["/usr/bin/python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                              check=True, capture_output=True, text=True).stdout.strip()
+        target = f"{host}-{os.uname().machine}-linux"
+        result = update(settings(project, lock_targets=[target]), version="1.13.27", log=logs.append)
 
         assert result.mode == "release" and result.old == "1.13.26" and result.new == "1.13.27"
         assert git(project, "log", "-1", "--format=%s") == "dagster-src: 1.13.26 -> 1.13.27"
@@ -378,6 +382,7 @@ def test_release_update_of_the_real_six_against_a_local_index(monkeypatch: pytes
         assert json.loads((project / "nix" / "pins.json").read_text())["release"] == committed["release"]
         assert {"dagster-src", "dagster", "dagster-webserver"} <= set(result.built)
         assert result.checks, "the rebuilt packages passed their checks"
+        assert target in json.loads((project / "nix/bootstrap/wheels.json").read_text())["targets"]
         print("\n".join([*logs, *result.checks]))
         assert git(project, "status", "--porcelain") == ""
     finally:

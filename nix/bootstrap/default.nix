@@ -6,11 +6,35 @@
 # Everything else (every third-party wheel, the build backends, the Dagster sources) is fetched into
 # the Nix store and verified by hash, so a package's runtime closure is in the store.
 { hostPython ? "/usr/bin/python3"
-, lock ? builtins.fromJSON (builtins.readFile ./wheels.json)
+  # "3.13": which lock of ./wheels.json to use; by default found out from hostPython itself.
+, hostPythonVersion ? null
+, locks ? builtins.fromJSON (builtins.readFile ./wheels.json)
 , system ? builtins.currentSystem
 }:
 let
-  inherit (builtins) attrNames concatStringsSep genericClosure listToAttrs mapAttrs toJSON;
+  inherit (builtins) attrNames concatStringsSep filter genericClosure hashFile head length listToAttrs
+    mapAttrs match pathExists readDir toJSON;
+
+  # Evaluation cannot run the interpreter, so its version is read off its name: python3.N itself, or
+  # the python3.N beside it with the same contents (Debian's python3 -> python3.N).
+  pythonVersion =
+    let
+      own = match "python([0-9]+\\.[0-9]+)" (baseNameOf hostPython);
+      dir = dirOf hostPython;
+      siblings = filter (n: match "python[0-9]+\\.[0-9]+" n != null) (attrNames (readDir dir));
+      same = filter (n: hashFile "sha256" "${dir}/${n}" == hashFile "sha256" hostPython) siblings;
+    in
+    if hostPythonVersion != null then hostPythonVersion
+    else if !pathExists hostPython then
+      throw "nix/bootstrap: the interpreter ${hostPython} does not exist; pass --argstr hostPython /path/to/python3 (CPython 3.11 or newer)"
+    else if own != null then head own
+    else if length same == 1 then head (match "python(.*)" (head same))
+    else throw "nix/bootstrap: cannot tell which Python ${hostPython} is (no single python3.N beside it has its contents); pass --argstr hostPythonVersion 3.N";
+
+  target = "${pythonVersion}-${system}";
+  lock = locks.targets.${target} or (throw ''
+    nix/bootstrap/wheels.json has no lock for Python ${pythonVersion} on ${system} (interpreter ${hostPython}); it locks ${concatStringsSep ", " (attrNames locks.targets)}.
+           Add it: ${hostPython} nix/bootstrap/lock.py --dagster-version ${locks.dagster} --target ${target}'');
 
   hostPath = "/usr/bin:/bin";
   pybuild = ./pybuild.py;
@@ -37,8 +61,8 @@ let
       exit 1
     }
     if [ "$version" != "${lock.python}" ]; then
-      echo "error: nix/bootstrap/wheels.json is locked for Python ${lock.python}, but ${hostPython} is Python $version." >&2
-      echo "       Regenerate it: ${hostPython} nix/bootstrap/lock.py --dagster-version ${lock.dagster}" >&2
+      echo "error: ${hostPython} is Python $version, but the bootstrap scope chose the lock of Python ${lock.python}." >&2
+      echo "       Pass --argstr hostPythonVersion $version (the lock exists or: ${hostPython} nix/bootstrap/lock.py --dagster-version ${locks.dagster} --target $version-${system})" >&2
       exit 1
     fi
     mkdir -p "$out/bin"
@@ -89,7 +113,7 @@ let
 
   # All pinned wheels in one fetch: one pip process is far cheaper than one per wheel, and pip checks
   # each file against the sha256 in the lock (--require-hashes) before Nix checks the whole folder.
-  wheelhouse = shellDerivation "bootstrap-wheelhouse-dagster-${lock.dagster}" ''
+  wheelhouse = shellDerivation "bootstrap-wheelhouse-dagster-${locks.dagster}-python${lock.python}" ''
     export HOME="$TMPDIR"
     printf '%s\n' "$requirements" > "$TMPDIR/requirements.txt"
     ${hostPython} -m pip download --quiet --no-cache-dir --disable-pip-version-check \
