@@ -20,9 +20,11 @@ import sys
 import time
 from pathlib import Path
 
+from dagster_nix_builder.nix_settings import bootstrap_nix_config
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ["dagster-src", "dagster-shared", "dagster-pipes", "dagster", "dagster-graphql", "dagster-webserver"]
-ENV = {**os.environ, "NIX_CONFIG": "experimental-features = nix-command\nsubstituters =", "NIX_PATH": ""}
+ENV = {**os.environ, "NIX_CONFIG": bootstrap_nix_config(), "NIX_PATH": ""}
 
 
 def run(cmd: list[str], *, check: bool = False) -> subprocess.CompletedProcess:

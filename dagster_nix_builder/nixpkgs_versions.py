@@ -39,7 +39,7 @@ from .errors import NixCommandError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_NIX_CONFIG = "experimental-features = nix-command\nsubstituters ="
+from .nix_settings import DEFAULT_NIX_CONFIG, bootstrap_nix_config
 
 
 @dataclass(frozen=True)
@@ -253,7 +253,7 @@ def build_outputs(
     command = ["nix-build", str(nix_dir), "--argstr", "scope", "bootstrap", "--no-out-link"]
     for attr in attrs:
         command += ["-A", attr]
-    return _run(command, nix_config).split()
+    return _run(command, bootstrap_nix_config(nix_config)).split()
 
 
 def check_package_set(

@@ -20,6 +20,7 @@ from pydantic import Field, field_validator
 from .errors import NixCommandError, NixNotFoundError
 from .log_format import error_messages
 from .nix_output import Derivation, NixVersion, parse_derivation_show, parse_path_info, parse_version
+from .nix_settings import DEFAULT_HOST_PYTHON, DEFAULT_NIX_CONFIG, nix_config_for_scope
 
 if TYPE_CHECKING:
     from dagster import AssetExecutionContext
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
     from .graph import NixPackageGraph
     from .invocation import NixBuildInvocation
 
-DEFAULT_NIX_CONFIG = "experimental-features = nix-command\nsubstituters ="
 NIX_BASE32_CHARS = "0123456789abcdfghijklmnpqrsvwxyz"
 
 # Every Nix command this package runs is logged here (DEBUG), e.g. to count them in tests.
@@ -167,9 +167,14 @@ class NixResource(ConfigurableResource):
         return found
 
     def subprocess_env(self) -> dict[str, str]:
-        """Environment of every Nix command: ours plus NIX_CONFIG."""
+        """Environment of every Nix command: ours plus NIX_CONFIG (with the host paths the bootstrap
+        scope's builders borrow, when the package set uses it)."""
         env = dict(os.environ)
-        env["NIX_CONFIG"] = str(self.resolved("nix_config"))
+        args = self.package_args()
+        env["NIX_CONFIG"] = nix_config_for_scope(
+            str(self.resolved("nix_config")), args.get("scope"),
+            host_python=args.get("hostPython", DEFAULT_HOST_PYTHON), nix_instantiate=self.tool_path("nix-instantiate"),
+        )  # fmt: skip
         return env
 
     def package_args(self) -> dict[str, str]:

@@ -47,6 +47,7 @@ from dagster_nix_builder import git_upstream
 from dagster_nix_builder.errors import NixBuilderError
 from dagster_nix_builder.log_format import ActivityStarted, BuildLogLine, NixMessage, parse_line
 from dagster_nix_builder.nix_output import parse_build_json, strip_ansi
+from dagster_nix_builder.nix_settings import DEFAULT_HOST_PYTHON, DEFAULT_NIX_CONFIG, nix_config_for_scope
 from dagster_nix_builder.pins import (
     FAKE_HASH,
     RELEASE_PACKAGES,
@@ -62,7 +63,6 @@ from dagster_nix_builder.pins import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_NIX_CONFIG = "experimental-features = nix-command\nsubstituters ="
 WHEELS_LOCK_RELATIVE_PATH = Path("nix") / "bootstrap" / "wheels.json"
 LOCK_SCRIPT_RELATIVE_PATH = Path("nix") / "bootstrap" / "lock.py"
 JOURNAL_NAME = "dagster-nix-builder-update.json"
@@ -820,7 +820,12 @@ class Updater:
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env["NIX_CONFIG"] = "\n".join(filter(None, [env.get("NIX_CONFIG", ""), self.settings.nix_config]))
+        base = "\n".join(filter(None, [env.get("NIX_CONFIG", ""), self.settings.nix_config]))
+        env["NIX_CONFIG"] = nix_config_for_scope(
+            base, self.settings.nix_args.get("scope"),
+            host_python=self.settings.nix_args.get("hostPython", DEFAULT_HOST_PYTHON),
+            nix_instantiate=self._nix_tool("nix-instantiate"),
+        )  # fmt: skip
         return env
 
     def _nix_tool(self, name: str) -> str:

@@ -28,10 +28,11 @@ from dagster_nix_builder.flox import (
     prepare_layout,
     validate_package_names,
 )
+from dagster_nix_builder.nix_settings import bootstrap_nix_config
 
 REPO_NIX = Path(__file__).resolve().parent.parent / "nix"
 SIX = ["dagster", "dagster-graphql", "dagster-pipes", "dagster-shared", "dagster-src", "dagster-webserver"]
-NIX_ENV = {**os.environ, "NIX_CONFIG": "experimental-features = nix-command\nsubstituters =", "NIX_PATH": ""}
+NIX_ENV = {**os.environ, "NIX_CONFIG": bootstrap_nix_config(), "NIX_PATH": ""}
 needs_nix = pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="nix is not installed")
 needs_flox = pytest.mark.skipif(shutil.which("flox") is None, reason=FLOX_NOT_INSTALLED)
 

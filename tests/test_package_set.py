@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from dagster_nix_builder.nix_settings import bootstrap_nix_config
+
 REPO = Path(__file__).resolve().parents[1]
 NIX_DIR = REPO / "nix"
 PACKAGES = ["dagster-src", "dagster-shared", "dagster-pipes", "dagster", "dagster-graphql", "dagster-webserver"]
@@ -25,7 +27,7 @@ PYTHON_PACKAGES = {
     "dagster-webserver": "dagster_webserver",
 }
 FAKE_HASH = "sha256-" + "A" * 43 + "="
-NIX_ENV = {**os.environ, "NIX_CONFIG": "experimental-features = nix-command\nsubstituters =", "NIX_PATH": ""}
+NIX_ENV = {**os.environ, "NIX_CONFIG": bootstrap_nix_config(), "NIX_PATH": ""}
 
 pytestmark = pytest.mark.skipif(shutil.which("nix-build") is None, reason="Nix is not installed")
 

@@ -38,12 +38,13 @@ from typing import Any
 import pytest
 
 from dagster_nix_builder import NixResource
+from dagster_nix_builder.nix_settings import bootstrap_nix_config
 
 pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parent.parent
 SCREENSHOT = REPO / "docs" / "asset-graph.png"
-NIX_CONFIG = "experimental-features = nix-command\nsubstituters ="
+NIX_CONFIG = bootstrap_nix_config()
 SERVER_TIMEOUT_S = 180.0
 PAGE_TIMEOUT_S = 90.0
 VIEWPORT = (1600, 1000)

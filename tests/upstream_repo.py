@@ -9,8 +9,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from dagster_nix_builder.nix_settings import bootstrap_nix_config
+
 FIXTURE_SET = Path(__file__).parent / "fixtures" / "upstream_set"
-NIX_CONFIG = "experimental-features = nix-command\nsubstituters ="
+NIX_CONFIG = bootstrap_nix_config()
 
 GOOD_MODULE = (
     'import sys\nVERSION = "{version}"\nif "--version" in sys.argv:\n    print("dagster", VERSION)\n'

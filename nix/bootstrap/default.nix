@@ -48,16 +48,25 @@ let
     "SSL_CERT_FILE" "GIT_SSL_CAINFO" "GIT_SSL_NO_VERIFY"
   ];
 
+  # Nix's sandbox shows a builder the store and sandbox-paths only: say so, not "command not found".
+  sandboxHint = ''
+    if [ ! -e ${hostPython} ] || [ ! -e /usr/bin/tar ]; then
+      echo "error: the bootstrap scope borrows the host's ${hostPython}, tar and cp, but this build cannot see them: Nix's sandbox is on (sandbox = true) and hides the host." >&2
+      echo "       Declare them per invocation, as root or a trusted user: --option extra-sandbox-paths '/usr /lib /lib64' (dagster-nix-builder passes this itself); or use the nixpkgs scope, which borrows nothing." >&2
+      exit 1
+    fi
+  '';
+
   shellDerivation = name: script: attrs: derivation ({
     inherit name system;
     builder = "/bin/sh";
-    args = [ "-ec" script ];
+    args = [ "-ec" (sandboxHint + script) ];
     PATH = hostPath;
   } // attrs);
 
   python3 = shellDerivation "python3-host-${lock.python}" ''
     version=$(${hostPython} -c 'import sys; print("%d.%d" % sys.version_info[:2])') || {
-      echo "error: the bootstrap scope's interpreter ${hostPython} does not run (builders run as nixbld users and cannot read /root)." >&2
+      echo "error: the bootstrap scope's interpreter ${hostPython} does not run for the build user (builders run as nixbld users and cannot read /root): use an interpreter every user can run, e.g. --argstr hostPython /usr/bin/python3." >&2
       exit 1
     }
     if [ "$version" != "${lock.python}" ]; then
@@ -99,6 +108,9 @@ let
   fetchPypi = { pname, version, hash, extension ? "tar.gz", ... }:
     shellDerivation "${pname}-${version}.${extension}" ''
       export HOME="$TMPDIR" PYTHONPATH="$fetchPath"
+      # pip prepares the sdist in $TMPDIR; not under Nix's sandbox's /build (see pybuild.py).
+      TMPDIR=$(mktemp -d /tmp/fetchpypi.XXXXXX 2>/dev/null || mktemp -d)
+      trap 'rm -rf "$TMPDIR"' EXIT
       ${hostPython} -m pip download --quiet --no-cache-dir --disable-pip-version-check \
         --no-deps --no-binary :all: --no-build-isolation -d "$TMPDIR/dl" "$pname==$version"
       cp "$TMPDIR/dl/$name" "$out"

@@ -19,6 +19,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -211,11 +212,16 @@ def main() -> None:
     if mode == "install":
         install_wheel(Path(ENV["wheel"]), closure)
         return
-    workdir = Path(ENV.get("TMPDIR", "/tmp"))
     for directory in path_list(ENV["buildPath"]):
         site.addsitedir(directory)
-    tree = unpack_source(Path(ENV["src"]), workdir)
-    wheel = build_wheel(tree, Path(ENV["dist"]))
+    # Not under $TMPDIR: Nix's sandbox builds in /build, and hatchling drops a project's .gitignore
+    # when that file's patterns match the project root itself (`build/` does); the sdist's excludes
+    # are then lost and force-included files are added twice ("A second file is being added").
+    # The sandbox has a private /tmp; without the sandbox this is an ordinary temporary directory.
+    with tempfile.TemporaryDirectory(prefix="pybuild-", dir="/tmp" if os.access("/tmp", os.W_OK) else None) as work:
+        tree = unpack_source(Path(ENV["src"]), Path(work))
+        wheel = build_wheel(tree, Path(ENV["dist"]))
+        os.chdir(ENV.get("TMPDIR", "/"))
     print(f"{ENV['pname']}: built {wheel.name}")
     install_wheel(wheel, closure)
     path = [str(SITE)] + closure
