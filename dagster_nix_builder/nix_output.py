@@ -5,7 +5,7 @@ version; :class:`NixVersion` says which command line to use where versions diffe
 Dagster. Recorded outputs of real Nix versions are replayed against it in ``tests/test_nix_output.py``
 (``tests/fixtures/nix-<version>/``).
 
-Differences handled (the version where each appeared, from Nix's release notes and sources):
+Differences handled (2.8 and 2.26 as recorded; the newer shapes from Nix's release notes and issues):
 
 - ``nix --version``: ``nix (Nix) 2.8.0``; also ``nix (Determinate Nix 3.6.2) 2.29.0`` and
   ``nix (Lix, like Nix) 2.91.1`` (the last number that looks like a version is Nix's).
@@ -13,13 +13,15 @@ Differences handled (the version where each appeared, from Nix's release notes a
   up to 2.18 and in Lix; since 2.19 an object keyed by store path, ``null`` for an invalid path; since 2.33
   ``--json-format 2`` wraps it as ``{"version": 2, "storeDir": …, "info": {<base name>: …}}``.
 - ``nix derivation show`` (2.15+; before it, ``nix show-derivation``, kept as a deprecated alias): an
-  object keyed by ``.drv`` path; ``inputDrvs`` values are output lists, since 2.18 objects with
-  ``outputs``; since 2.32 keys and output paths are base names; since 2.33 (format version 4) wrapped as
+  object keyed by ``.drv`` path; ``inputDrvs`` values are output lists (2.8), later objects with
+  ``outputs`` and ``dynamicOutputs`` (2.26); since 2.32 keys and output paths are base names; since 2.33 (format version 4) wrapped as
   ``{"version": 4, "derivations": {…}}`` with ``inputs: {"srcs", "drvs"}``.
-- ``nix build --json``: a list of ``{"drvPath", "outputs"}``, later with ``startTime``/``stopTime``;
-  ``--print-out-paths`` exists since 2.9 (Nix 2.8: ``unrecognised flag``).
-- internal-json ``msg`` positions: 2.8 has ``file``, ``line``, ``column``; newer releases put the whole
-  position into ``file`` (``/x/y.nix:3:1``), with or without the separate fields.
+- ``nix build --json``: a list of ``{"drvPath", "outputs"}``: 2.8 lists the requested outputs, 2.26 every
+  output, with ``startTime``/``stopTime``. ``--print-out-paths`` is missing in 2.8 (``unrecognised flag``),
+  so the product reads ``--json``, which every version has.
+- internal-json ``msg`` positions: 2.8 has ``file``, ``line``, ``column``; 2.26 puts the whole position into
+  ``file`` (``/x/y.nix:3:8``) besides ``line``/``column``. Activity and result types are the same in both
+  recordings; newer ones (``FETCH_TREE``, ``FETCH_STATUS``) are named.
 """
 
 from __future__ import annotations
