@@ -342,7 +342,8 @@ def check_imports(nix: NixResource, graph: NixPackageGraph, package: NixPackage,
         return _fail(IMPORTS, key, f"found no top-level modules in {package.out_path}")
     sites = site_packages(paths)
     proc = subprocess.run(
-        [python, "-S", "-c", _IMPORT_SCRIPT, json.dumps(modules)],
+        # -B: the store is immutable, no __pycache__ may be written into it.
+        [python, "-B", "-S", "-c", _IMPORT_SCRIPT, json.dumps(modules)],
         env={"PYTHONPATH": os.pathsep.join(sites)},  # like `env -i`: nothing else leaks in
         capture_output=True,
         text=True,

@@ -68,13 +68,26 @@ def install_wheel(wheel: Path, closure: list[str]) -> None:
             if target.parent == bindir:
                 body = target.read_bytes()
                 if body.startswith(b"#!python"):
-                    target.write_bytes(b"#!" + PYTHON.encode() + b" -IS" + body[len(b"#!python"):])
+                    target.write_bytes(b"#!" + PYTHON.encode() + b" -BIS" + body[len(b"#!python"):])
         entry_points = zf.read(f"{dist_info}/entry_points.txt").decode() \
             if f"{dist_info}/entry_points.txt" in names else ""
     write_wrappers(entry_points, [str(SITE)] + closure)
+    compile_bytecode()
     support = OUT / "nix-support"
     support.mkdir(exist_ok=True)
     (support / "propagated-build-inputs").write_text(ENV["propagatedBuildInputs"] + "\n")
+
+
+def compile_bytecode() -> None:
+    """Byte-compile the installed modules now, as nixpkgs does: at run time the store is read-only
+    (or must be treated so). Hash-based .pyc files stay valid after Nix resets every mtime to 1."""
+    import compileall
+    import py_compile
+
+    if SITE.is_dir() and not compileall.compile_dir(
+            SITE, quiet=2, workers=1, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH):
+        print(f"warning: some modules under {SITE} did not byte-compile (they will run uncompiled)",
+              file=sys.stderr)
 
 
 def write_wrappers(entry_points: str, path: list[str]) -> None:
@@ -88,16 +101,18 @@ def write_wrappers(entry_points: str, path: list[str]) -> None:
             module, _, attr = target.split("[")[0].strip().partition(":")
             wrapper = OUT / "bin" / script
             wrapper.parent.mkdir(parents=True, exist_ok=True)
+            # -B: never write __pycache__ into the store (-I would ignore PYTHONDONTWRITEBYTECODE).
             # -I -S: no PYTHONPATH, user site or host site-packages. PYTHONPATH is set for children
             # (e.g. `python -m dagster api grpc`), which are started as sys.executable without -S.
             wrapper.write_text(
-                f"#!{PYTHON} -IS\n"
+                f"#!{PYTHON} -BIS\n"
                 "import os, site, sys\n"
                 f"_path = {path!r}\n"
                 "for _dir in _path:\n"
                 "    site.addsitedir(_dir)\n"
                 "os.environ['PYTHONPATH'] = os.pathsep.join(_path)\n"
                 "os.environ['PYTHONNOUSERSITE'] = '1'\n"
+                "os.environ['PYTHONDONTWRITEBYTECODE'] = '1'\n"
                 f"from {module} import {attr.split('.')[0]}\n"
                 f"sys.exit({attr}())\n"
             )
@@ -158,7 +173,7 @@ def import_check(modules: list[str], path: list[str]) -> None:
             "    mod = sys.modules[m]\n"
             "    assert (mod.__file__ or '').startswith('/nix/store/'), (m, mod.__file__)\n")
     env = {"PATH": ENV["PATH"], "HOME": ENV.get("TMPDIR", "/tmp")}
-    result = subprocess.run([PYTHON, "-IS", "-c", code], capture_output=True, text=True, env=env, check=False)
+    result = subprocess.run([PYTHON, "-BIS", "-c", code], capture_output=True, text=True, env=env, check=False)
     if result.returncode == 3:
         checked, missing = result.stdout.strip().split("\t")
         provider = providers.get(missing.split(".")[0])
