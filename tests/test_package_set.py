@@ -124,6 +124,10 @@ def test_bootstrap_builds_all_six_and_they_run_from_the_store(tmp_path: Path):
                          env={"PYTHONPATH": ":".join(site_dirs)}, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.strip() == f"ok {len(modules)}"
+    # Nothing above wrote into the store (a plain python3 without -B finds every module compiled
+    # at build time): Nix still finds each path of the closure as it was built.
+    verify = subprocess.run(["nix-store", "--verify-path", *closure], capture_output=True, text=True, check=False)
+    assert verify.returncode == 0 and "modified" not in verify.stderr, verify.stderr[-3000:]
 
     for package, module in PYTHON_PACKAGES.items():
         dist = subprocess.run(["nix-build", str(NIX_DIR), "-A", f"{package}.dist", "--no-out-link"],
