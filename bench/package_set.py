@@ -55,8 +55,9 @@ def delete_everything_built(drvs: list[str]) -> int:
     return len(doomed)
 
 
-def timed_build() -> tuple[float, list[dict]]:
-    cmd = ["nix", "--log-format", "internal-json", "-v", "build", "--no-link", "-f", str(REPO / "nix"), *PACKAGES]
+def timed_build(max_jobs: int) -> tuple[float, list[dict]]:
+    cmd = ["nix", "--log-format", "internal-json", "-v", "build", "--no-link", "--max-jobs", str(max_jobs),
+           "-f", str(REPO / "nix"), *PACKAGES]
     start = time.monotonic()
     proc = subprocess.Popen(cmd, env=ENV, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     events = []
@@ -97,6 +98,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5, help="warm runs (median reported)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--max-jobs", type=int, default=os.cpu_count(),
+                        help="derivations built at once (default: the cores, as the product passes)")
     args = parser.parse_args()
 
     drvs = drv_paths()
@@ -107,18 +110,22 @@ def main() -> None:
             fixed_output.add(drv)
     deleted = delete_everything_built(drvs)
 
-    cold, events = timed_build()
-    figures = {"cold_s": round(cold, 2), "deleted_paths": deleted, "derivations": len(all_drvs)}
+    cold, events = timed_build(args.max_jobs)
+    figures = {"cold_s": round(cold, 2), "deleted_paths": deleted, "derivations": len(all_drvs),
+               "max_jobs": args.max_jobs}
     figures.update(split_fetching(events, fixed_output))
     warm = []
     for _ in range(args.runs):
-        t, _ = timed_build()
+        t, _ = timed_build(args.max_jobs)
         warm.append(t)
     figures["warm_median_s"] = round(statistics.median(warm), 3)
     figures["warm_runs_s"] = [round(t, 3) for t in warm]
     figures["children_max_rss_mib"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
     figures["nix"] = run(["nix", "--version"]).stdout.strip()
     figures["cores"] = os.cpu_count()
+    figures["python"] = subprocess.run(["/usr/bin/python3", "-V"], check=False, text=True, capture_output=True).stdout.strip()
+    figures["sandbox"] = next((line.split("=", 1)[1].strip() for line in
+                               run(["nix", "show-config"]).stdout.splitlines() if line.startswith("sandbox =")), None)
     print(json.dumps(figures, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
