@@ -174,6 +174,7 @@ class NixResource(ConfigurableResource):
         env["NIX_CONFIG"] = nix_config_for_scope(
             str(self.resolved("nix_config")), args.get("scope"),
             host_python=args.get("hostPython", DEFAULT_HOST_PYTHON), nix_instantiate=self.tool_path("nix-instantiate"),
+            nix_dir=self.resolved("nix_dir"),
         )  # fmt: skip
         return env
 

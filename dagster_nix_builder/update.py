@@ -825,6 +825,7 @@ class Updater:
             base, self.settings.nix_args.get("scope"),
             host_python=self.settings.nix_args.get("hostPython", DEFAULT_HOST_PYTHON),
             nix_instantiate=self._nix_tool("nix-instantiate"),
+            nix_dir=self.repo_dir / self.settings.nix_dir,
         )  # fmt: skip
         return env
 

@@ -243,8 +243,9 @@ create_root() {
   # creates the nixbld group and writes `sandbox = true`: that default is what we want to test.
   # Its libpam-systemd depends on `default-dbus-system-bus | dbus-system-bus`, an alternative that
   # debootstrap does not resolve: name dbus (which provides both) or it stays unconfigured.
-  # setup.sh needs nix-build, python3 -m pip/venv and git; ca-certificates for pip/git over TLS.
-  include=nix-bin,libdbi-perl,python3,python3-pip,python3-venv,git,ca-certificates
+  # setup.sh needs nix-build, python3 -m pip/venv and git; ca-certificates for pip/git over TLS;
+  # the tests look for leftover processes with ps (procps).
+  include=nix-bin,libdbi-perl,python3,python3-pip,python3-venv,git,ca-certificates,procps
   [[ $target == trixie ]] && include+=,nix-setup-systemd,dbus
   mkdir -p "$base"
   log="$base/$target.debootstrap.log"

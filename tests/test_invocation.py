@@ -69,7 +69,7 @@ def test_unknown_attribute(make_nix):
 
 def _sleep_processes() -> list[str]:
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
-    return [line for line in out.splitlines() if "/bin/sleep 30" in line and "ps -eo" not in line]
+    return [line for line in out.splitlines() if line.strip().split(None, 1)[1:] == ["sleep 30"]]
 
 
 def test_interrupt_stops_nix_and_next_run_succeeds(make_nix):

@@ -38,7 +38,8 @@ def nix_build(nix_dir: Path, *attrs: str, out_link: Path, **argstrs: str) -> sub
         cmd += ["-A", attr]
     for name, value in argstrs.items():
         cmd += ["--argstr", name, value]
-    return subprocess.run(cmd, capture_output=True, text=True, env=NIX_ENV, check=False)
+    env = {**NIX_ENV, "NIX_CONFIG": bootstrap_nix_config(nix_dir=nix_dir)}  # sees a local git upstream
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
 
 
 def nix_eval(expr: str) -> object:
