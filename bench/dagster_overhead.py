@@ -271,7 +271,8 @@ class Bench:
         return seconds
 
     def bare(self) -> float:
-        seconds, _ = ps.timed_build()
+        # The same max-jobs as the code location passes by default (NixResource.max_jobs = the cores).
+        seconds, _ = ps.timed_build(os.cpu_count() or 1)
         return seconds
 
     def cold(self, drvs: list[str], run) -> float:
@@ -406,6 +407,9 @@ def main() -> None:
         },
         "aims": AIMS,
         "nix": ps.run(["nix", "--version"]).stdout.strip(),
+        "python": subprocess.run(["/usr/bin/python3", "-V"], capture_output=True, text=True, check=False).stdout.strip(),
+        "sandbox": next((line.split("=", 1)[1].strip() for line in ps.run(["nix", "show-config"]).stdout.splitlines()
+                         if line.startswith("sandbox =")), None),
         "dagster": subprocess.run(
             [str(VENV_BIN / "dagster"), "--version"], capture_output=True, text=True, check=False
         ).stdout.strip(),

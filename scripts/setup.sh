@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up a fresh Debian 12 machine for dagster-nix-builder: Nix (from Debian, when missing), the
+# Set up a fresh Debian 12 or 13 machine for dagster-nix-builder: Nix (from Debian, when missing), the
 # project's virtualenv, and with --test also what the tests drive (Chromium for the UI test).
 # Nix settings are never written to the global configuration: the product passes them per call.
 set -euo pipefail
