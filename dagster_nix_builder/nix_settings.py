@@ -36,11 +36,17 @@ def bootstrap_sandbox_paths(
     """The host paths a sandboxed bootstrap build needs, those of them that exist here: programs,
     the interpreter, pip's configuration and the local folders it names, a local git upstream."""
     paths = [path for path in HOST_PROGRAM_PATHS if os.path.lexists(path)]
+    # The builders' /bin/sh: Debian 12's Nix puts none into the sandbox, Debian 13's a static bash. The
+    # host's own shell, mounted onto a file Nix creates in the sandbox's own /bin (a symlink such as
+    # /bin/sh -> dash would be copied as a dangling link, hence the real path).
+    shell = os.path.realpath("/bin/sh")
+    if shell.startswith("/usr/"):
+        paths.append(f"/bin/sh={shell}")
     prefix = Path(host_python).resolve().parent.parent  # e.g. /opt/python3.12 for /opt/python3.12/bin/python3
     config_file = os.environ.get("PIP_CONFIG_FILE")
     configs = [*PIP_CONFIG_PATHS, *([config_file] if config_file and config_file != os.devnull else [])]
     for path in [str(prefix), *configs, *_local_pip_locations(configs), *local_upstreams(nix_dir)]:
-        if os.path.exists(path) and not any(path == p or path.startswith(p.rstrip("/") + "/") for p in paths):
+        if os.path.exists(path) and not any(path == p or path.startswith(p + "/") for p in paths):
             paths.append(path)
     return paths
 

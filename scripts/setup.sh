@@ -11,6 +11,8 @@ command -v nix-build >/dev/null 2>&1 || apt_packages+=(nix-bin)
 command -v git >/dev/null 2>&1 || apt_packages+=(git)
 if [[ "${1:-}" == "--test" ]]; then
   command -v chromium >/dev/null 2>&1 || apt_packages+=(chromium)
+  # A static shell: the sandbox tests give builders this /bin/sh alone, as Debian 13's Nix does.
+  [[ -x /usr/bin/bash-static ]] || apt_packages+=(bash-static)
 fi
 if ((${#apt_packages[@]})); then
   echo "setup: installing ${apt_packages[*]} from Debian" >&2

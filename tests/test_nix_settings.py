@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -24,8 +25,12 @@ def clean_pip_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_programs_and_the_interpreter_are_declared_but_never_bin(clean_pip_env):
     paths = bootstrap_sandbox_paths("/usr/bin/python3")
     assert "/usr" in paths
-    # Nix mounts its own /bin/sh inside /bin; a bind of the host's /bin would let it overwrite the host's sh.
-    assert not [p for p in paths if p == "/bin" or p.startswith("/bin/")]
+    # Nix mounts /bin/sh inside the sandbox's /bin; through a bind of the host's /bin it would overwrite the
+    # host's shell. Only /bin/sh itself is declared, as a real file (a copied symlink would dangle).
+    sources = [p.split("=", 1)[-1] for p in paths]
+    assert not [s for s in sources if s == "/bin" or s.startswith("/bin/")]
+    shell = [p for p in paths if p.startswith("/bin/sh=")]
+    assert shell == [f"/bin/sh={os.path.realpath('/bin/sh')}"] and not os.path.islink(shell[0].split("=")[1])
     assert len(paths) == len(set(paths))
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dagster_nix_builder.nix_settings import bootstrap_nix_config
+from dagster_nix_builder.nix_settings import DEFAULT_NIX_CONFIG, bootstrap_nix_config
 
 REPO = Path(__file__).resolve().parents[1]
 NIX_DIR = REPO / "nix"
@@ -134,6 +134,39 @@ def test_bootstrap_builds_all_six_and_they_run_from_the_store(tmp_path: Path):
         dist = subprocess.run(["nix-build", str(NIX_DIR), "-A", f"{package}.dist", "--no-out-link"],
                               capture_output=True, text=True, env=NIX_ENV, check=True).stdout.strip()
         assert [w.name for w in Path(dist).glob("*.whl")] == [f"{module}-{version}-py3-none-any.whl"]
+
+
+SANDBOX_ON = ["--option", "sandbox", "true", "--option", "sandbox-fallback", "false"]
+
+
+@pytest.mark.skipif(not Path("/usr/bin/bash-static").exists(), reason="needs bash-static (scripts/setup.sh --test)")
+def test_a_sandbox_that_hides_the_host_is_named_and_the_declared_paths_build(tmp_path: Path):
+    """Whatever nix.conf says: the sandbox forced on per call, as Debian 13's Nix has it by default."""
+    probe = (f"(import {NIX_DIR}/bootstrap {{}}).runCommand \"sandbox-probe-{tmp_path.name}\" {{}} "
+             "\"tar --version > $out; cp --version >> $out\"")
+    # Only a static shell, as Debian 13's default sandbox-paths give: the host's programs are hidden.
+    hidden = subprocess.run(
+        ["nix-build", "-E", probe, "--no-out-link", *SANDBOX_ON, "--option", "sandbox-paths", "/bin/sh=/usr/bin/bash-static"],
+        capture_output=True, text=True, env={**NIX_ENV, "NIX_CONFIG": DEFAULT_NIX_CONFIG}, check=False)
+    assert hidden.returncode != 0
+    assert "this build cannot see them: Nix's sandbox is on" in hidden.stderr, hidden.stderr[-2000:]
+    assert "--option extra-sandbox-paths '/usr /lib /lib64'" in hidden.stderr
+    # What the product declares (NIX_ENV's extra-sandbox-paths) is enough, with Nix's own sandbox-paths or none.
+    for sandbox_paths in ([], ["--option", "sandbox-paths", "/bin/sh=/usr/bin/bash-static"]):
+        shown = subprocess.run(["nix-build", "-E", probe, "--no-out-link", *SANDBOX_ON, *sandbox_paths],
+                               capture_output=True, text=True, env=NIX_ENV, check=False)
+        assert shown.returncode == 0, shown.stderr[-2000:]
+        assert "GNU tar" in Path(shown.stdout.strip()).read_text()
+
+
+@pytest.mark.slow
+def test_a_sandboxed_rebuild_is_bit_identical(tmp_path: Path):
+    """dagster-pipes rebuilt in the sandbox (--check) matches the build already in the store."""
+    built = nix_build(NIX_DIR, "dagster-pipes", out_link=tmp_path / "result")
+    assert built.returncode == 0, built.stderr[-3000:]
+    check = subprocess.run(["nix-build", str(NIX_DIR), "-A", "dagster-pipes", "--check", "--no-out-link", *SANDBOX_ON],
+                           capture_output=True, text=True, env=NIX_ENV, check=False)
+    assert check.returncode == 0, check.stderr[-3000:]
 
 
 def test_wrong_source_directory_names_the_closest_one(nix_copy: Path, tmp_path: Path):
