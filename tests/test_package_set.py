@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,14 @@ def test_bootstrap_builds_all_six_and_they_run_from_the_store(tmp_path: Path):
                          env={"PYTHONPATH": ":".join(site_dirs)}, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.strip() == f"ok {len(modules)}"
+    # A child the way a wrapper starts one (sys.executable, site enabled, PYTHONPATH set): the interpreter
+    # is a virtual environment without the host's site-packages, so no host .pth hook runs in it.
+    probe = ("import sys, certifi; "
+             "print([p for p in sys.path if 'packages' in p and not p.startswith('/nix/store/')], certifi.__file__)")
+    child = subprocess.run([python, "-c", probe], capture_output=True, text=True, env={"PYTHONPATH": ":".join(site_dirs)}, check=False)
+    assert child.returncode == 0, child.stderr[-3000:]
+    host_dirs, certifi = child.stdout.split(" ", 1)
+    assert host_dirs == "[]" and certifi.startswith("/nix/store/")
     # Nothing above wrote into the store (a plain python3 without -B finds every module compiled
     # at build time): Nix still finds each path of the closure as it was built.
     verify = subprocess.run(["nix-store", "--verify-path", *closure], capture_output=True, text=True, check=False)
@@ -142,7 +151,8 @@ SANDBOX_ON = ["--option", "sandbox", "true", "--option", "sandbox-fallback", "fa
 @pytest.mark.skipif(not Path("/usr/bin/bash-static").exists(), reason="needs bash-static (scripts/setup.sh --test)")
 def test_a_sandbox_that_hides_the_host_is_named_and_the_declared_paths_build(tmp_path: Path):
     """Whatever nix.conf says: the sandbox forced on per call, as Debian 13's Nix has it by default."""
-    probe = (f"(import {NIX_DIR}/bootstrap {{}}).runCommand \"sandbox-probe-{tmp_path.name}\" {{}} "
+    # A new derivation each run (a valid output would not be built again).
+    probe = (f"(import {NIX_DIR}/bootstrap {{}}).runCommand \"sandbox-probe-{uuid.uuid4().hex[:12]}\" {{}} "
              "\"tar --version > $out; cp --version >> $out\"")
     # Only a static shell, as Debian 13's default sandbox-paths give: the host's programs are hidden.
     hidden = subprocess.run(

@@ -77,6 +77,12 @@ let
     mkdir -p "$out/bin"
     ln -s ${hostPython} "$out/bin/python3"
     ln -s ${hostPython} "$out/bin/python"
+    # A virtual environment of the host's interpreter without its site-packages: a process started
+    # as this python3 (e.g. a child of a wrapper, which Python starts as sys.executable without -S)
+    # runs none of the host's .pth hooks, which may write into any module they find (seen: one appending
+    # a CA to certifi's bundle, in the store), and imports nothing from the host.
+    real=$(readlink -f ${hostPython})
+    printf 'home = %s\ninclude-system-site-packages = false\nversion = %s\n' "''${real%/*}" "$version" > "$out/pyvenv.cfg"
   '' { } // {
     pythonVersion = lock.python;
     inherit sitePackages;
