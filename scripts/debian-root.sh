@@ -331,7 +331,8 @@ copy_project() {
       tar --null --no-recursion -T - -cf -
   ) | tar -xpf - -C "$dest"
   rm -rf --one-file-system "$root/work/shared"
-  if [[ -d $repo/../shared ]]; then cp -a "$repo/../shared" "$root/work/shared"; fi
+  # ../shared may be a symlink (CI links it beside the clone): copy what it points at.
+  if [[ -d $repo/../shared ]]; then cp -a "$(readlink -f "$repo/../shared")" "$root/work/shared"; fi
 }
 
 # The caller's pip, CA and proxy variables (their CA paths name the root's own, rebuilt bundle).
