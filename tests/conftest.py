@@ -17,6 +17,15 @@ PYSET = FIXTURES / "pyset"
 REPO_NIX = Path(__file__).resolve().parent.parent / "nix"
 
 
+STORE = Path("/nix/store")
+STORE_BEFORE = pytest.StashKey[set]()
+
+
+def pytest_sessionstart(session):
+    # What the store held before the suite: test_zz_store_integrity.py verifies everything added since.
+    session.config.stash[STORE_BEFORE] = set(STORE.iterdir()) if STORE.is_dir() else set()
+
+
 def pytest_collection_modifyitems(config, items):
     if shutil.which("nix") is None:
         skip = pytest.mark.skip(reason="nix is not installed (apt-get install nix-bin)")
