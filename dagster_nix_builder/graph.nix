@@ -2,7 +2,12 @@
 # Attributes of <dir>/default.nix are the packages; the formal arguments of <dir>/packages/<attr>.nix
 # that name other attributes are its dependencies. withInfo = false skips forcing the derivations,
 # so a dependency cycle can be reported without running into infinite recursion.
-{ dir, argsJson ? "{}", withInfo ? "1" }:
+#
+# A package whose derivation throws (builtins.throw/assert) does not stop the others: it keeps its place
+# and edges in the graph, with `evalFailed = true` and the paths of a stand-in derivation that is never
+# valid, so building it fails with Nix's own error. `only = "<attr>"` evaluates that one package without
+# the guard, to read the error message (tryEval does not give it).
+{ dir, argsJson ? "{}", withInfo ? "1", only ? "" }:
 let
   root = /. + dir;
   args = builtins.fromJSON argsJson;
@@ -28,14 +33,40 @@ let
       description = d.meta.description or null;
       mainProgram = d.meta.mainProgram or null;
       executables = d.executables or (d.passthru.executables or null);
+      evalFailed = false;
+    };
+  standIn = n: derivation {
+    name = "evaluation-failed";
+    attr = n;
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" "exit 1" ];
+  };
+  guardedInfoOf = n:
+    let
+      info = infoOf n;
+      tried = builtins.tryEval (builtins.deepSeq info info);
+      s = standIn n;
+    in
+    if tried.success then tried.value else {
+      drvPath = s.drvPath;
+      outputs = { out = s.outPath; };
+      version = null;
+      pname = null;
+      description = null;
+      mainProgram = null;
+      executables = null;
+      evalFailed = true;
     };
 in
+if only != "" then builtins.deepSeq (infoOf only) "evaluates"
+else
 builtins.listToAttrs (map
   (n: {
     name = n;
     value = {
       file = if builtins.pathExists (fileOf n) then toString (fileOf n) else null;
       deps = depsOf n;
-    } // (if withInfo == "1" then infoOf n else { });
+    } // (if withInfo == "1" then guardedInfoOf n else { });
   })
   names)

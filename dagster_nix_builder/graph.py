@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,6 +37,9 @@ class NixPackage:
     description: str | None = None
     main_program: str | None = None
     executables: tuple[str, ...] | None = None
+    eval_error: str | None = None
+    """Why the package's derivation failed to evaluate (then ``drv_path`` and ``outputs`` are a stand-in
+    that is never valid, so building the package fails with Nix's error); None when it evaluates."""
 
     @property
     def drv_hash(self) -> str | None:
@@ -147,7 +150,7 @@ def _eval_error(command: Sequence[str], proc: subprocess.CompletedProcess[str]) 
     )
 
 
-def _evaluate(nix: NixResource, nix_dir: str, with_info: bool) -> dict:
+def _evaluate(nix: NixResource, nix_dir: str, with_info: bool, only: str = "") -> dict:
     command = nix.instantiate_command(
         "--eval",
         "--json",
@@ -162,6 +165,7 @@ def _evaluate(nix: NixResource, nix_dir: str, with_info: bool) -> dict:
         "--argstr",
         "withInfo",
         "1" if with_info else "0",
+        *(["--argstr", "only", only] if only else []),
     )
     proc = subprocess.run(command, capture_output=True, text=True, env=nix.subprocess_env(), check=False)
     if proc.returncode != 0:
@@ -194,7 +198,20 @@ def load_package_graph(nix: NixResource) -> NixPackageGraph:
         raise
     packages = _packages(data)
     _toposort(packages)
+    for attr, package in packages.items():
+        if data[attr].get("evalFailed"):
+            packages[attr] = replace(package, eval_error=_eval_error_of(nix, nix_dir, attr))
     return NixPackageGraph(nix_dir=nix_dir, packages=packages)
+
+
+def _eval_error_of(nix: NixResource, nix_dir: str, attr: str) -> str:
+    """Nix's error for one package whose evaluation graph.nix caught (``tryEval`` hides the message)."""
+    try:
+        _evaluate(nix, nix_dir, with_info=True, only=attr)
+    except NixEvalError as e:
+        where = f" at {e.file}:{e.line}" if e.file and e.line else ""
+        return f"{attr} failed to evaluate{where}: " + ("\n".join(e.messages) or "(Nix printed no message)")
+    return f"{attr} failed to evaluate (an error Nix does not repeat on its own)"
 
 
 def _packages(data: Mapping[str, Mapping]) -> dict[str, NixPackage]:

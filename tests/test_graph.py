@@ -74,3 +74,23 @@ def test_nix_not_found_fails_early():
     with pytest.raises(Exception, match="nix-does-not-exist.*not found on PATH.*Install Nix"):
         NixResource(executable="nix-does-not-exist")
     assert issubclass(NixNotFoundError, Exception)
+
+
+def test_a_package_that_throws_does_not_stop_the_graph(make_nix, tiny_dir: Path):
+    (tiny_dir / "packages" / "mid.nix").write_text(
+        '{ mkPkg, base }: if true then throw "mid: the pins are not usable" else mkPkg { name = "mid"; }\n'
+    )
+    nix = make_nix(tiny_dir)
+    graph = nix.load_graph()
+
+    assert sorted(graph) == ["base", "mid", "solo", "top-level"]  # same assets, same edges
+    assert graph["mid"].deps == ("base",) and graph["top-level"].deps == ("base", "mid")
+    assert graph["base"].eval_error is None and graph["base"].drv_path.endswith("-base.drv")
+    mid = graph["mid"]
+    assert mid.eval_error and "mid: the pins are not usable" in mid.eval_error
+    assert mid.drv_path.endswith("-evaluation-failed.drv")
+    assert graph["top-level"].eval_error and "mid: the pins are not usable" in graph["top-level"].eval_error
+
+    outcomes = {o.attr: o for o in nix.build(["base", "mid"], graph=graph).wait()}
+    assert outcomes["mid"].status == "failed"
+    assert "mid: the pins are not usable" in (outcomes["mid"].reason or "")
