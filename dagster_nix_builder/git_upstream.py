@@ -70,9 +70,25 @@ def ls_remote_head(url: str, branch: str, *, timeout: float = DEFAULT_TIMEOUT_SE
 # `pip index versions` ignores --no-binary, so it cannot tell a published sdist from a wheel. This asks
 # pip's own package finder (the one `pip download` uses), configured by pip from the user's
 # configuration plus `pip_args`, for the candidates that are sdists. It lists links, downloads nothing.
+# The finder skips an index page it cannot fetch and only logs why (at debug level): those messages are
+# collected, so that an unreachable index is told apart from a release that is not published.
 _SDIST_VERSIONS_SCRIPT = """
-import json, sys
+import json, logging, sys
 from pip._internal.commands import create_command
+
+class Failures(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages = []
+    def emit(self, record):
+        message = record.getMessage()
+        if message.startswith("Could not fetch URL"):
+            self.messages.append(message)
+
+failures = Failures()
+collector = logging.getLogger("pip._internal.index.collector")
+collector.setLevel(logging.DEBUG)
+collector.addHandler(failures)
 command = create_command("download")
 packages = json.loads(sys.argv[1])
 options, _ = command.parse_args(["--no-deps", "--no-binary", ":all:", *sys.argv[2:], *packages])
@@ -82,8 +98,17 @@ with command._build_session(options) as session:
     for package in packages:
         candidates = finder.find_all_candidates(package)
         found[package] = sorted({str(c.version) for c in candidates if not c.link.is_wheel})
-print(json.dumps(found))
+print(json.dumps({"found": found, "failures": failures.messages}))
 """
+
+
+class IndexUnreachableError(UpstreamError):
+    """The package index could not be read (network, TLS, server error): nothing is known about releases."""
+
+
+def _is_not_found(message: str) -> bool:
+    # An index answers 404 for a project it does not have: an answer, not a failure to ask.
+    return " 404 " in message or "404 Client Error" in message
 
 
 def sdist_versions(
@@ -110,6 +135,7 @@ def sdist_versions(
         The versions, or an empty list if the index has no sdist of the package.
 
     Raises:
+        IndexUnreachableError: If the index could not be read (network, TLS, server error).
         UpstreamError: If pip fails (bad arguments, a pip without the finder this relies on).
     """
     return _sdist_versions_of([package], pip_args, python, timeout, pre)[package]
@@ -129,10 +155,16 @@ def _sdist_versions_of(
     try:
         if proc.returncode != 0:
             raise ValueError(proc.stderr.strip().splitlines()[-1:] or f"exit {proc.returncode}")
-        found = json.loads(proc.stdout.strip().splitlines()[-1])
-        result = {p: [str(v) for v in found[p]] for p in packages}
+        answer = json.loads(proc.stdout.strip().splitlines()[-1])
+        result = {p: [str(v) for v in answer["found"][p]] for p in packages}
+        failures = [str(m) for m in answer["failures"] if not _is_not_found(str(m))]
     except (ValueError, IndexError, KeyError, TypeError) as e:
         raise UpstreamError(f"listing the sdists of {', '.join(packages)} with pip failed: {e}") from e
+    if failures:
+        raise IndexUnreachableError(
+            f"the package index could not be read (a network or server error, not a missing release): "
+            f"{failures[0]}" + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else "")
+        )
     return {
         p: sorted((v for v in vs if pre or not _version_key(v).is_prerelease), key=_version_key, reverse=True)
         for p, vs in result.items()
@@ -177,6 +209,11 @@ def missing_sdists(
     python: str = sys.executable,
     timeout: float = DEFAULT_TIMEOUT_SECONDS,
 ) -> list[str]:
-    """Which of `packages` have no sdist of `version` on the index (empty when the release is complete)."""
+    """Which of `packages` have no sdist of `version` on the index (empty when the release is complete).
+
+    Raises:
+        IndexUnreachableError: If the index could not be read, so nothing can be said about the release.
+        UpstreamError: If pip fails otherwise.
+    """
     found = _sdist_versions_of(packages, pip_args, python, timeout, pre=True)
     return [p for p in packages if version not in found[p]]
