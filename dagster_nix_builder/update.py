@@ -4,15 +4,19 @@ Steps (each named in `UpdateStep`, and in the error when it fails):
 
 1. preflight: refuse when a file the update would edit has uncommitted changes (naming them);
    recover from a run that was killed half-way.
-2. resolve: validate the target (40-hex rev, or a release whose five sdists are all published).
-3. write: put the new rev/version and a fake hash into `nix/pins.json` (atomic write);
-   in release mode regenerate `nix/bootstrap/wheels.json`.
-4. hash: build the source; Nix fails on the fake hash and prints the real one (`specified:`/`got:`).
-5. write-hash: write the real hash.
-6. build: build the source and every package downstream of it (asked from Nix: the referrers of the
+2. resolve: validate the target (40-hex rev, or a release whose five sdists are all published); with no
+   target, take the head of the followed branch (`git ls-remote`) or the newest complete release.
+3. lock: in release mode regenerate `nix/bootstrap/wheels.json`.
+4. hash: build the source with the candidate pins passed to Nix as an argument (`--arg pins`) and a fake
+   hash; Nix fails and prints the real one (`specified:`/`got:`). Nothing is written for this.
+5. version: in git mode build the source at its real hash and read the version from its own
+   `python_modules/dagster/dagster/version.py`.
+6. write: write the final pins (rev, hash, version) once, atomically.
+7. build: build the source and every package downstream of it (asked from Nix: the referrers of the
    source derivation among the set's attributes).
-7. check: run the checks (by default every `bin/*` of the rebuilt packages with `--version`).
-8. commit: commit exactly the files that changed with gitpython, message `dagster-src: OLD -> NEW`.
+8. check: run the asset checks a materialization runs (imports, cli_version, the webserver smoke check),
+   and `--version` of every `bin/*` of rebuilt packages no check covers.
+9. commit: commit exactly the files that changed with gitpython, message `dagster-src: OLD -> NEW`.
 
 On any failure (including an interrupt) every file written is restored byte for byte and
 `UpdateError` says which step failed and why.
@@ -33,10 +37,11 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 # GitPython refuses to import without a git executable; let the code location load anyway and fail
 # only where git is used, with our own message.
@@ -47,7 +52,12 @@ from dagster_nix_builder import git_upstream
 from dagster_nix_builder.errors import NixBuilderError
 from dagster_nix_builder.log_format import ActivityStarted, BuildLogLine, NixMessage, parse_line
 from dagster_nix_builder.nix_output import parse_build_json, strip_ansi
-from dagster_nix_builder.nix_settings import DEFAULT_HOST_PYTHON, DEFAULT_NIX_CONFIG, nix_config_for_scope
+from dagster_nix_builder.nix_settings import (
+    DEFAULT_HOST_PYTHON,
+    DEFAULT_NIX_CONFIG,
+    nix_config_for_scope,
+    uses_bootstrap_scope,
+)
 from dagster_nix_builder.pins import (
     FAKE_HASH,
     RELEASE_PACKAGES,
@@ -56,6 +66,7 @@ from dagster_nix_builder.pins import (
     parse_pins,
     remove_stale_temp_files,
     render_pins,
+    validate_git_argument,
     validate_rev,
     validate_sri_hash,
     validate_version,
@@ -67,6 +78,8 @@ WHEELS_LOCK_RELATIVE_PATH = Path("nix") / "bootstrap" / "wheels.json"
 LOCK_SCRIPT_RELATIVE_PATH = Path("nix") / "bootstrap" / "lock.py"
 JOURNAL_NAME = "dagster-nix-builder-update.json"
 LOCK_NAME = "dagster-nix-builder-update.lock"
+VERSION_FILE = "python_modules/dagster/dagster/version.py"
+"""Where Dagster's monorepo says its version (`__version__ = "..."`); git mode pins what it says."""
 
 _HASH_MISMATCH_RE = re.compile(
     r"hash mismatch in fixed-output derivation '(?P<drv>[^']+)':\s*"
@@ -90,10 +103,10 @@ class UpdateStep(str, Enum):
 
     PREFLIGHT = "preflight"
     RESOLVE = "resolve"
-    WRITE = "write"
     LOCK = "lock"
     HASH = "hash"
-    WRITE_HASH = "write-hash"
+    VERSION = "version"
+    WRITE = "write"
     BUILD = "build"
     CHECK = "check"
     COMMIT = "commit"
@@ -226,7 +239,7 @@ class UpdateSettings:
         pip_args: Extra pip arguments for the release lookup (e.g. `--no-index --find-links DIR`).
         package_set_checks: Run the asset checks of `dagster_nix_builder.checks` that apply to each rebuilt
             package (`imports`, `cli_version`; `smoke` too with `run_smoke_check`), as the assets would.
-        run_smoke_check: Also start the rebuilt webserver (the `smoke` check; slow).
+        run_smoke_check: Also start the rebuilt webserver (the `smoke` check), as a materialization does.
         run_version_checks: Run every `bin/*` of a rebuilt package with `--version` when the package-set
             checks do not cover it (no checks apply to it, or `package_set_checks` is off).
         checks: Further checks, called with the rebuilt attributes and their out paths; raise to fail.
@@ -244,7 +257,7 @@ class UpdateSettings:
     lock_targets: Sequence[str] = ()
     pip_args: Sequence[str] = ()
     package_set_checks: bool = True
-    run_smoke_check: bool = False
+    run_smoke_check: bool = True
     run_version_checks: bool = True
     checks: Sequence[Callable[[Mapping[str, Sequence[str]]], None]] = ()
     timeout_seconds: float = 3600
@@ -268,6 +281,7 @@ class UpdateResult:
         hashes: The hashes written (`dagster-src` in git mode, one per sdist in release mode).
         built: Attribute -> out paths of what was rebuilt (the source and everything downstream).
         checks: One line per check that passed.
+        version: The version pinned (`git.version`, read from the source, or the release).
     """
 
     mode: str
@@ -278,6 +292,7 @@ class UpdateResult:
     hashes: Mapping[str, str] = field(default_factory=dict)
     built: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     checks: tuple[str, ...] = ()
+    version: str | None = None
 
 
 @dataclass
@@ -338,20 +353,29 @@ class Updater:
 
     # -- public --------------------------------------------------------------------------------------
 
-    def update_git(self, rev: str) -> UpdateResult:
-        """Pin the git source to `rev` (git mode), rebuild, check and commit."""
-        return self._update("git", rev)
+    def update_git(
+        self, rev: str | None = None, *, url: str | None = None, branch: str | None = None, switch: bool = False
+    ) -> UpdateResult:
+        """Pin the git source to `rev` (default: the head of the followed branch), rebuild, check, commit.
 
-    def update_release(self, version: str) -> UpdateResult:
-        """Pin the release source to `version` (release mode), rebuild, check and commit."""
-        return self._update("release", version)
+        Args:
+            rev: The commit, 40 hex digits; None for the head of `branch` (`git ls-remote`).
+            url: Write this repository URL into the pins (default: keep `git.url`).
+            branch: Write this branch into the pins (default: keep `git.branch`).
+            switch: Also select the git source (`"source": "git"`) if the pins select the release.
+        """
+        return self._update("git", rev, url=url, branch=branch, switch=switch)
+
+    def update_release(self, version: str | None = None, *, switch: bool = False) -> UpdateResult:
+        """Pin the release source to `version` (default: the newest complete release), rebuild, check, commit."""
+        return self._update("release", version, switch=switch)
 
     # -- the workflow --------------------------------------------------------------------------------
 
-    def _update(self, mode: str, target: str) -> UpdateResult:
+    def _update(self, mode: str, target: str | None, **options: Any) -> UpdateResult:
         repo = self._open_repo()
         with self._exclusive(repo):
-            return self._update_locked(repo, mode, target)
+            return self._update_locked(repo, mode, target, **options)
 
     @contextlib.contextmanager
     def _exclusive(self, repo: git.Repo) -> Iterator[None]:
@@ -366,7 +390,16 @@ class Updater:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def _update_locked(self, repo: git.Repo, mode: str, target: str) -> UpdateResult:
+    def _update_locked(
+        self,
+        repo: git.Repo,
+        mode: str,
+        target: str | None,
+        *,
+        url: str | None = None,
+        branch: str | None = None,
+        switch: bool = False,
+    ) -> UpdateResult:
         step = UpdateStep.PREFLIGHT
         try:
             edited = [self._rel(self.settings.pins_path)]
@@ -378,45 +411,53 @@ class Updater:
                 for tmp in remove_stale_temp_files(self.repo_dir / path):
                     self.log(f"removed {self._rel(tmp)} left by a killed write")
             pins = self._read_pins()
-            old = (pins.git.rev or "none") if mode == "git" else pins.release.version
-            if pins.source != mode:
-                self.log(
-                    f"note: pins select source {pins.source!r}; updating the {mode} pin leaves that as is"
-                )
+            switching = switch and pins.source != mode
+            if switching:
+                old = pins.current()
+                self.log(f"switching the source from {pins.source} ({old}) to {mode}")
+            else:
+                old = (pins.git.rev or "none") if mode == "git" else pins.release.version
+                if pins.source != mode:
+                    self.log(
+                        f"note: pins select source {pins.source!r}; updating the {mode} pin leaves that as is"
+                    )
 
             step = UpdateStep.RESOLVE
-            target = self._resolve(mode, target)
-            if mode == "git" and pins.git.rev == target and pins.git.hash:
-                self.log(f"dagster-src already pinned to {target}; nothing to do")
-                return UpdateResult(mode, old, target, None)
-            if mode == "release" and pins.release.version == target:
-                self.log(f"dagster-src already pinned to release {target}; nothing to do")
-                return UpdateResult(mode, old, target, None)
-
-            step = UpdateStep.WRITE
-            self._begin_journal()
+            candidate = replace(pins, source=mode) if switching else pins
             if mode == "git":
-                fake = pins.with_git(rev=target, hash=FAKE_HASH)
+                candidate = candidate.with_git(
+                    url=validate_git_argument(url, "git url") if url is not None else pins.git.url,
+                    branch=validate_git_argument(branch, "git branch") if branch is not None else pins.git.branch,
+                )
+            target = self._resolve(mode, target, candidate)
+            if mode == "git":
+                candidate = candidate.with_git(rev=target)
+                if candidate == pins and pins.git.hash:
+                    self.log(f"dagster-src already pinned to {target}; nothing to do")
+                    return UpdateResult(mode, old, target, None, version=pins.git.version)
             else:
-                # Keep the file's key order so the commit's diff shows only changed values.
-                order = [*pins.release.hashes, *(p for p in RELEASE_PACKAGES if p not in pins.release.hashes)]
-                fake = pins.with_release(version=target, hashes={p: FAKE_HASH for p in order})
-            self._write(self.settings.pins_path, render_pins(fake))
+                if candidate.with_release(version=target) == pins:
+                    self.log(f"dagster-src already pinned to release {target}; nothing to do")
+                    return UpdateResult(mode, old, target, None, version=target)
+                candidate = candidate.with_release(version=target)
 
+            self._begin_journal()
             if mode == "release" and self._lock_script().exists():
                 step = UpdateStep.LOCK
                 self._regenerate_lock(target)
 
             step = UpdateStep.HASH
-            hashes = self._discover_hashes(mode, target)
-
-            step = UpdateStep.WRITE_HASH
+            hashes = self._discover_hashes(mode, target, candidate)
             if mode == "git":
-                final = fake.with_git(hash=hashes[self.settings.source_attr])
+                final = candidate.with_git(hash=hashes[self.settings.source_attr])
+                step = UpdateStep.VERSION
+                final = final.with_git(version=self._source_version(final))
             else:
-                final = fake.with_release(
-                    hashes={p: hashes.get(p, h) for p, h in fake.release.hashes.items()}
-                )
+                # Keep the file's key order so the commit's diff shows only changed values.
+                order = [*pins.release.hashes, *(p for p in RELEASE_PACKAGES if p not in pins.release.hashes)]
+                final = candidate.with_release(hashes={p: hashes.get(p, pins.release.hashes.get(p)) for p in order})
+
+            step = UpdateStep.WRITE
             self._write(self.settings.pins_path, render_pins(final))
 
             step = UpdateStep.BUILD
@@ -432,7 +473,10 @@ class Updater:
             self._end_journal()
             self._originals.clear()
             self.log(f"committed {sha[:12]} {message!r} ({', '.join(changed)})")
-            return UpdateResult(mode, old, target, sha, tuple(changed), hashes, built, tuple(checks))
+            version = final.git.version if mode == "git" else target
+            return UpdateResult(
+                mode, old, target, sha, tuple(changed), hashes, built, tuple(checks), version=version
+            )
         except UpdateError as e:
             e.restored = self._restore()
             raise
@@ -469,11 +513,33 @@ class Updater:
                 UpdateStep.PREFLIGHT, f"no pin file at {self._rel(self.settings.pins_path)}"
             ) from e
 
-    def _resolve(self, mode: str, target: str) -> str:
+    def _resolve(self, mode: str, target: str | None, pins: Pins) -> str:
         if mode == "git":
-            return validate_rev(target)
-        version = validate_version(target)
-        missing = git_upstream.missing_sdists(version, pip_args=self.settings.pip_args)
+            if target is not None:
+                return validate_rev(target)
+            try:
+                head = git_upstream.ls_remote_head(pins.git.url, pins.git.branch, timeout=120)
+            except git_upstream.UpstreamError as e:
+                raise UpdateError(
+                    UpdateStep.RESOLVE, f"no rev given, and the head of {pins.git.branch} could not be read: {e}"
+                ) from e
+            self.log(f"{pins.git.url} {pins.git.branch} is at {head}")
+            return head
+        try:
+            if target is None:
+                latest = git_upstream.latest_release(pip_args=self.settings.pip_args)
+                if latest is None:
+                    raise UpdateError(
+                        UpdateStep.RESOLVE,
+                        f"no version given, and no release has all of {', '.join(RELEASE_PACKAGES)} as sdists "
+                        "on the package index",
+                    )
+                self.log(f"newest complete release: {latest}")
+                return latest
+            version = validate_version(target)
+            missing = git_upstream.missing_sdists(version, pip_args=self.settings.pip_args)
+        except git_upstream.UpstreamError as e:
+            raise UpdateError(UpdateStep.RESOLVE, f"the package index could not be asked: {e}") from e
         if missing:
             raise UpdateError(
                 UpdateStep.RESOLVE,
@@ -496,8 +562,14 @@ class Updater:
                 proc.stderr.strip().splitlines()[-20:],
             )
 
-    def _discover_hashes(self, mode: str, target: str) -> dict[str, str]:
-        proc = self._nix_build([self.settings.source_attr], mode)
+    def _discover_hashes(self, mode: str, target: str, candidate: Pins) -> dict[str, str]:
+        # The candidate pins go to Nix as an argument: nothing with a fake hash is ever written, so a build
+        # running beside this update reads the committed pins.
+        if mode == "git":
+            fake = candidate.with_git(hash=FAKE_HASH)
+        else:
+            fake = candidate.with_release(hashes={p: FAKE_HASH for p in RELEASE_PACKAGES})
+        proc = self._nix_build([self.settings.source_attr], mode, pins=fake)
         mismatches = parse_hash_mismatches(proc.stderr)
         if proc.returncode == 0 and not mismatches:
             raise UpdateError(UpdateStep.HASH, "Nix accepted the fake hash: the source is not fixed-output?")
@@ -526,6 +598,37 @@ class Updater:
                 _errors(proc.stderr),
             )
         return hashes
+
+    def _source_version(self, pins: Pins) -> str:
+        """The version the source says it is (`__version__` of its dagster/version.py); the pinned one when
+        the tree has no such file (a repository not laid out like Dagster's)."""
+        proc = self._nix_build([self.settings.source_attr], "git", json_out=True, pins=pins)
+        if proc.returncode != 0:
+            raise UpdateError(
+                UpdateStep.VERSION,
+                f"building {self.settings.source_attr} at its real hash failed (exit {proc.returncode})",
+                _errors(proc.stderr),
+            )
+        tree = next(iter(next(iter(parse_build_json(proc.stdout).values()), {}).values()), None)
+        if tree is None:
+            raise UpdateError(UpdateStep.VERSION, f"nix build printed no output path: {proc.stdout[-500:]}")
+        version_file = Path(tree) / VERSION_FILE
+        if not version_file.is_file():
+            self.log(f"the source has no {VERSION_FILE}: git.version stays {pins.git.version}")
+            return pins.git.version
+        version = read_version_file(version_file.read_text(errors="replace"))
+        if version is None:
+            raise UpdateError(
+                UpdateStep.VERSION,
+                f"{VERSION_FILE} of rev {pins.git.rev} has no line __version__ = \"...\"",
+            )
+        try:
+            validate_version(version)
+        except ValueError as e:
+            raise UpdateError(UpdateStep.VERSION, f"{VERSION_FILE} of rev {pins.git.rev}: {e}") from e
+        if version != pins.git.version:
+            self.log(f"the source reports version {version} (was {pins.git.version})")
+        return version
 
     def _build_downstream(self, mode: str) -> dict[str, tuple[str, ...]]:
         drvs = self._drv_paths(mode)
@@ -818,34 +921,67 @@ class Updater:
     def _wheels_path(self) -> Path:
         return self.repo_dir / WHEELS_LOCK_RELATIVE_PATH
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, pins: Pins | None = None) -> dict[str, str]:
         env = dict(os.environ)
         base = "\n".join(filter(None, [env.get("NIX_CONFIG", ""), self.settings.nix_config]))
-        env["NIX_CONFIG"] = nix_config_for_scope(
-            base, self.settings.nix_args.get("scope"),
+        scope = self.settings.nix_args.get("scope")
+        config = nix_config_for_scope(
+            base, scope,
             host_python=self.settings.nix_args.get("hostPython", DEFAULT_HOST_PYTHON),
             nix_instantiate=self._nix_tool("nix-instantiate"),
             nix_dir=self.repo_dir / self.settings.nix_dir,
         )  # fmt: skip
+        # The candidate pins may name another (local) upstream than the file: the sandboxed fetch must see it.
+        local = _local_upstream(pins.git.url) if pins is not None else None
+        if local and uses_bootstrap_scope(scope, self._nix_tool("nix-instantiate")):
+            config += f"\nextra-sandbox-paths = {local}"
+        env["NIX_CONFIG"] = config
         return env
 
     def _nix_tool(self, name: str) -> str:
         exe = Path(self.settings.nix_executable)
         return str(exe.with_name(name)) if exe.parent != Path(".") else name
 
-    def _nix_arg_flags(self, mode: str) -> list[str]:
+    def _nix_arg_flags(self, mode: str, pins: Pins | None = None) -> list[str]:
         flags: list[str] = []
         for k, v in {**self.settings.nix_args, "source": mode}.items():
             flags += ["--argstr", k, v]
+        if pins is not None:
+            flags += ["--arg", "pins", pins_nix_expression(pins)]
         return flags
 
-    def _nix_build(self, attrs: Sequence[str], mode: str, *, json_out: bool = False) -> _Proc:
+    def _nix_build(
+        self, attrs: Sequence[str], mode: str, *, json_out: bool = False, pins: Pins | None = None
+    ) -> _Proc:
+        """`nix build` of the package set; with `pins`, of the set as those pins would make it."""
         cmd = [
             self.settings.nix_executable, "--log-format", "internal-json", "build",
-            "-f", str(self.repo_dir / self.settings.nix_dir), *self._nix_arg_flags(mode),
+            "-f", str(self.repo_dir / self.settings.nix_dir), *self._nix_arg_flags(mode, pins),
             "--no-link", "--keep-going", *(["--json"] if json_out else []), *attrs,
         ]  # fmt: skip
-        return self._sh(cmd, env=self._env(), timeout=self.settings.timeout_seconds)
+        return self._sh(cmd, env=self._env(pins), timeout=self.settings.timeout_seconds)
+
+
+def pins_nix_expression(pins: Pins) -> str:
+    """A Nix expression evaluating to `pins` (for `--arg pins`): `builtins.fromJSON` of a Nix string."""
+    text = json.dumps(pins.to_dict(), sort_keys=True)
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("${", "\\${")
+    return f'builtins.fromJSON "{escaped}"'
+
+
+_VERSION_LINE_RE = re.compile(r"""^__version__\s*=\s*["']([^"']+)["']""", re.MULTILINE)
+
+
+def read_version_file(text: str) -> str | None:
+    """`__version__` of a `version.py` (as Dagster's packages write it), or None."""
+    m = _VERSION_LINE_RE.search(text)
+    return m.group(1) if m else None
+
+
+def _local_upstream(url: str) -> str | None:
+    if url.startswith("file://"):
+        return unquote(urlsplit(url).path)
+    return url if url.startswith("/") else None
 
 
 def _git_identity(repo: git.Repo) -> bool:
@@ -862,18 +998,45 @@ def update(
     *,
     rev: str | None = None,
     version: str | None = None,
+    source: str | None = None,
+    url: str | None = None,
+    branch: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> UpdateResult:
-    """Run one update: give `rev` for the git source, or `version` for a release.
+    """Run one update.
+
+    Args:
+        settings: Where and how.
+        rev: Git mode: the commit to pin.
+        version: Release mode: the Dagster version to pin.
+        source: `git` or `release`: update that source and select it in the pins (a fresh clone goes from
+            the release, or from `rev: null`, to a pinned rev with `source="git"` alone). Without `rev` or
+            `version`, git mode takes the head of the followed branch and release mode the newest
+            complete release. Without `source`, `rev` means git and `version` release, and the pins'
+            selected source is left as it is.
+        url: Git mode: the repository to pin from (written into `git.url`).
+        branch: Git mode: the branch to follow (written into `git.branch`).
+        log: Progress messages go here.
 
     Raises:
         UpdateError: Naming the failed step; the files are then as they were before.
-        ValueError: If neither or both of `rev` and `version` are given.
+        ValueError: If the arguments contradict each other, or none says what to update.
     """
-    if (rev is None) == (version is None):
-        raise ValueError("give exactly one of rev (git mode) or version (release mode)")
+    if rev is not None and version is not None:
+        raise ValueError("give rev (git mode) or version (release mode), not both")
+    if source is not None and source not in ("git", "release"):
+        raise ValueError(f"source must be 'git' or 'release', not {source!r}")
+    mode = source or ("git" if rev is not None else "release" if version is not None else None)
+    if mode is None:
+        raise ValueError("give source ('git' or 'release'), a rev (git mode) or a version (release mode)")
+    if mode == "git" and version is not None:
+        raise ValueError("source 'git' takes a rev, not a version")
+    if mode == "release" and (rev is not None or url is not None or branch is not None):
+        raise ValueError("source 'release' takes a version, not a rev, url or branch")
     updater = Updater(settings, log=log)
-    return updater.update_git(rev) if rev is not None else updater.update_release(version or "")
+    if mode == "git":
+        return updater.update_git(rev, url=url, branch=branch, switch=source is not None)
+    return updater.update_release(version, switch=source is not None)
 
 
 def file_digest(path: Path | str) -> str:

@@ -1,10 +1,10 @@
 """The update job: move `dagster-src` to a rev (git mode) or a release (release mode), started by the
 sensors or by hand from the UI or the CLI.
 
-By hand::
+By hand (`source: git` alone pins the head of the followed branch, from release mode or `rev: null`)::
 
-    dagster job execute -m dagster_nix_builder.definitions -j update_dagster_src \\
-        -c <(echo '{"ops": {"update_pins": {"config": {"rev": "<40 hex>"}}}}')
+    printf 'ops:\\n  update_pins:\\n    config:\\n      source: git\\n' > update.yaml
+    dagster job execute -m dagster_nix_builder.definitions -j update_dagster_src -c update.yaml
 """
 
 # No `from __future__ import annotations`: Dagster reads the op's config annotation at decoration time.
@@ -41,11 +41,23 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class UpdateConfig(Config):
-    """Run config of the update: exactly one of `rev` and `version`."""
+    """Run config of the update: `source`, and/or one of `rev` and `version`."""
 
+    source: str | None = Field(
+        default=None,
+        description="`git` or `release`: update that source and select it in nix/pins.json. Without rev or "
+        "version: the head of the followed branch (git) or the newest complete release. Omitted: rev means "
+        "git, version means release, and the selected source stays as it is.",
+    )
     rev: str | None = Field(default=None, description="Git mode: the commit to pin (40 hex digits).")
     version: str | None = Field(
         default=None, description="Release mode: the Dagster version whose five sdists to pin."
+    )
+    url: str | None = Field(
+        default=None, description="Git mode: the repository to follow, written into git.url (default: kept)."
+    )
+    branch: str | None = Field(
+        default=None, description="Git mode: the branch to follow, written into git.branch (default: kept)."
     )
 
 
@@ -66,7 +78,12 @@ class PinUpdater(ConfigurableResource):
         description="Extra pip arguments of the release lookup, e.g. ['--no-index', '--find-links', DIR].",
     )
     run_version_checks: bool = Field(
-        default=True, description="Run each rebuilt `bin/*` with `--version` before committing."
+        default=True,
+        description="Run `--version` of each rebuilt `bin/*` that no asset check covers before committing.",
+    )
+    run_smoke_check: bool = Field(
+        default=True,
+        description="Run the webserver smoke check too, as a materialization does (starts the built server).",
     )
     timeout_seconds: float = Field(default=3600, description="Limit of each Nix command.")
 
@@ -80,6 +97,7 @@ class PinUpdater(ConfigurableResource):
             nix_config=self.nix_config,
             pip_args=tuple(self.pip_args),
             run_version_checks=self.run_version_checks,
+            run_smoke_check=self.run_smoke_check,
             checks=tuple(checks),
             timeout_seconds=self.timeout_seconds,
         )
@@ -121,7 +139,13 @@ def build_update_job(
         updater: PinUpdater = context.resources.pin_updater
         try:
             result = update(
-                updater.settings(checks), rev=config.rev, version=config.version, log=context.log.info
+                updater.settings(checks),
+                rev=config.rev,
+                version=config.version,
+                source=config.source,
+                url=config.url,
+                branch=config.branch,
+                log=context.log.info,
             )
         except UpdateError as e:
             raise Failure(
@@ -163,6 +187,7 @@ def _summary(result: UpdateResult) -> dict[str, Any]:
         "commit": result.commit,
         "changed_files": list(result.changed_files),
         "hashes": dict(result.hashes),
+        "version": result.version,
         "built": {k: list(v) for k, v in result.built.items()},
     }
 
@@ -174,6 +199,7 @@ def _metadata(result: UpdateResult) -> dict[str, Any]:
         "commit": result.commit or "(none: already pinned)",
         "changed_files": MetadataValue.json(list(result.changed_files)),
         "hashes": MetadataValue.json(dict(result.hashes)),
+        "version": result.version or "",
         "rebuilt": MetadataValue.json(sorted(result.built)),
         "checks": MetadataValue.json(list(result.checks)),
     }

@@ -245,3 +245,29 @@ def test_failed_package_is_rebuilt_by_automation_once_its_dependency_is_fixed(ro
         tick = evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
         assert requested(tick) == {"dagster-cli"}
         assert build(instance, ["dagster-cli"]).success
+
+
+def test_update_job_config_source_git_alone_pins_the_head_from_release_mode(root: Path) -> None:
+    upstream = Upstream(root)
+    rev = upstream.push({"dagster.py": GOOD_MODULE.format(version="1.0")}, "one")
+    project = make_project(root, upstream, source="release", url="https://example.invalid/dagster.git")
+    config = {"ops": {"update_pins": {"config": {"source": "git", "url": upstream.url}}}}
+
+    result = run_update(project, config)
+
+    assert result.success
+    assert git(project, "log", "-1", "--format=%s") == f"dagster-src: 1.13.27 -> {rev}"
+    pins = read_pins(project / "nix" / "pins.json")
+    assert (pins.source, pins.git.url, pins.git.rev) == ("git", upstream.url, rev)
+    # The commit sensor now follows that upstream: nothing new.
+    assert "is the pinned rev" in tick(build_upstream_commit_sensor(repo_dir=project), None).skip_message
+
+
+def test_update_job_refuses_contradictory_config(root: Path) -> None:
+    upstream = Upstream(root)
+    upstream.push({"dagster.py": GOOD_MODULE.format(version="1.0")}, "one")
+    project = make_project(root, upstream)
+    result = run_update(project, {"ops": {"update_pins": {"config": {"source": "git", "version": "1.0"}}}})
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "source 'git' takes a rev, not a version" in str(failure.event_specific_data.error)

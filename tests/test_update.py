@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Self
 
 import pytest
 from upstream_repo import (
@@ -132,7 +133,7 @@ def test_rev_missing_upstream_fails_hash_discovery(project: Path) -> None:
         update(settings(project), rev="0123456789abcdef0123456789abcdef01234567")
     assert info.value.step is UpdateStep.HASH
     assert info.value.messages, "Nix's own error is reported"
-    assert info.value.restored == ["nix/pins.json"]
+    assert info.value.restored == [], "the hash is found with the pins passed to Nix: nothing was written"
     assert_untouched(project, before, head)
 
 
@@ -387,3 +388,145 @@ def test_release_update_of_the_real_six_against_a_local_index(monkeypatch: pytes
         assert git(project, "status", "--porcelain") == ""
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+# -- git mode from zero: no rev, the version from the source, no placeholder in any tracked file -----------
+
+VERSION_PY = "python_modules/dagster/dagster/version.py"
+
+
+@pytest.fixture
+def fresh() -> Iterator[dict]:
+    """An upstream laid out like Dagster's (a version.py where the monorepo has it), nothing pinned yet."""
+    root = world_readable_tmpdir("dnb-fresh-")
+    upstream = Upstream(root)
+    rev = upstream.push(
+        {"dagster.py": GOOD_MODULE.format(version="1.2.3"), VERSION_PY: '__version__ = "1.2.3"\n'}, "one"
+    )
+    yield {"root": root, "upstream": upstream, "rev": rev}
+    shutil.rmtree(root, ignore_errors=True)
+
+
+class PinsWatcher:
+    """Reads a pin file as fast as it can while an update runs: every content a reader could have seen."""
+
+    def __init__(self, path: Path) -> None:
+        import threading
+
+        self.path = path
+        self.seen: list[bytes] = [path.read_bytes()]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            data = self.path.read_bytes()
+            if data != self.seen[-1]:
+                self.seen.append(data)
+            time.sleep(0.001)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def test_source_git_alone_pins_the_branch_head_and_the_sources_version(fresh: dict) -> None:
+    project = make_project(fresh["root"], fresh["upstream"])  # rev null, version 1!0+dev
+    pins_path = project / "nix" / "pins.json"
+
+    with PinsWatcher(pins_path) as watcher:
+        result = update(settings(project), source="git")
+
+    assert result.old == "none" and result.new == fresh["rev"] and result.version == "1.2.3"
+    assert git(project, "log", "-1", "--format=%s") == f"dagster-src: none -> {fresh['rev']}"
+    pins = read_pins(pins_path)
+    assert (pins.source, pins.git.rev, pins.git.version) == ("git", fresh["rev"], "1.2.3")
+    assert any("dagster --version: dagster 1.2.3" in c for c in result.checks)
+    # Written once, with the real hash: a build beside the update never reads a placeholder.
+    assert len(watcher.seen) == 2, [s.decode() for s in watcher.seen]
+    assert not any(FAKE_HASH.encode() in seen for seen in watcher.seen)
+
+
+def test_source_git_switches_a_release_checkout_and_writes_the_url(fresh: dict) -> None:
+    project = make_project(
+        fresh["root"], fresh["upstream"], source="release", url="https://example.invalid/dagster.git"
+    )
+
+    result = update(settings(project), source="git", url=fresh["upstream"].url)
+
+    assert result.old == "1.13.27" and result.new == fresh["rev"]
+    assert git(project, "log", "-1", "--format=%s") == f"dagster-src: 1.13.27 -> {fresh['rev']}"
+    pins = read_pins(project / "nix" / "pins.json")
+    assert (pins.source, pins.git.url, pins.git.rev) == ("git", fresh["upstream"].url, fresh["rev"])
+
+
+def test_a_rev_alone_leaves_the_selected_source(fresh: dict) -> None:
+    project = make_project(fresh["root"], fresh["upstream"], source="release")
+    update(settings(project), rev=fresh["rev"])
+    pins = read_pins(project / "nix" / "pins.json")
+    assert pins.source == "release" and pins.git.rev == fresh["rev"]
+
+
+def test_unreadable_version_file_fails_the_version_step(fresh: dict) -> None:
+    rev = fresh["upstream"].push({VERSION_PY: "VERSION = get_version()\n"}, "no literal version")
+    project = make_project(fresh["root"], fresh["upstream"])
+    before, head = snapshot(project), git(project, "rev-parse", "HEAD")
+
+    with pytest.raises(UpdateError) as info:
+        update(settings(project), source="git")
+
+    assert info.value.step is UpdateStep.VERSION
+    assert info.value.reason == f'{VERSION_PY} of rev {rev} has no line __version__ = "..."'
+    assert_untouched(project, before, head)
+
+
+def test_no_rev_and_an_unreachable_upstream_fail_the_resolve_step(fresh: dict) -> None:
+    missing = fresh["root"] / "gone.git"
+    project = make_project(fresh["root"], fresh["upstream"], url=str(missing))
+    before, head = snapshot(project), git(project, "rev-parse", "HEAD")
+
+    with pytest.raises(UpdateError) as info:
+        update(settings(project), source="git")
+
+    assert info.value.step is UpdateStep.RESOLVE
+    assert info.value.reason.startswith(
+        f"no rev given, and the head of master could not be read: git ls-remote {missing} refs/heads/master failed"
+    )
+    assert_untouched(project, before, head)
+
+
+def test_unreachable_index_is_reported_as_such_not_as_an_incomplete_release(fresh: dict) -> None:
+    project = make_project(fresh["root"], fresh["upstream"], source="release")
+    before, head = snapshot(project), git(project, "rev-parse", "HEAD")
+    unreachable = ["--index-url", "http://127.0.0.1:9/simple", "--retries", "0", "--timeout", "5"]
+
+    with pytest.raises(UpdateError) as info:
+        update(settings(project, pip_args=unreachable), version="1.13.28")
+
+    assert info.value.step is UpdateStep.RESOLVE
+    assert info.value.reason.startswith(
+        "the package index could not be asked: the package index could not be read (a network or server error, "
+        "not a missing release): Could not fetch URL http://127.0.0.1:9/simple/"
+    )
+    assert "not complete" not in str(info.value)
+    assert_untouched(project, before, head)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "give source ('git' or 'release'), a rev (git mode) or a version (release mode)"),
+        ({"rev": "a" * 40, "version": "1.0"}, "give rev (git mode) or version (release mode), not both"),
+        ({"source": "svn"}, "source must be 'git' or 'release', not 'svn'"),
+        ({"source": "git", "version": "1.0"}, "source 'git' takes a rev, not a version"),
+        ({"source": "release", "rev": "a" * 40}, "source 'release' takes a version, not a rev, url or branch"),
+    ],
+)
+def test_contradictory_arguments_are_refused(tmp_path: Path, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        update(settings(tmp_path), **kwargs)
+    assert str(info.value) == message

@@ -64,6 +64,7 @@ class Upstream:
     def push(self, files: dict[str, str], message: str) -> str:
         """Commit files on the branch and push them; returns the new commit id."""
         for name, text in files.items():
+            (self.work / name).parent.mkdir(parents=True, exist_ok=True)
             (self.work / name).write_text(text)
         _git("add", "-A", cwd=self.work)
         _git("commit", "-q", "--allow-empty", "-m", message, cwd=self.work)
@@ -72,7 +73,15 @@ class Upstream:
         return _git("rev-parse", "HEAD", cwd=self.work)
 
 
-def make_project(root: Path, upstream: Upstream, *, rev: str | None = None, hash_: str | None = None) -> Path:
+def make_project(
+    root: Path,
+    upstream: Upstream,
+    *,
+    rev: str | None = None,
+    hash_: str | None = None,
+    source: str = "git",
+    url: str | None = None,
+) -> Path:
     """A git checkout with the small package set as `nix/` and its pins, committed."""
     repo = root / "project"
     repo.mkdir()
@@ -81,10 +90,10 @@ def make_project(root: Path, upstream: Upstream, *, rev: str | None = None, hash
     _git("config", "user.email", "test@localhost", cwd=repo)
     shutil.copytree(FIXTURE_SET, repo / "nix")
     pins = {
-        "source": "git",
+        "source": source,
         "release": {"version": "1.13.27", "hashes": {}},
         "git": {
-            "url": upstream.url,
+            "url": url or upstream.url,
             "branch": upstream.branch,
             "rev": rev,
             "hash": hash_,
