@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import tempfile
@@ -38,6 +37,7 @@ from dagster import (
     TimestampMetadataValue,
 )
 
+from . import processes
 from .graph import NixPackage, NixPackageGraph, store_hash
 
 if TYPE_CHECKING:
@@ -341,7 +341,7 @@ def check_imports(nix: NixResource, graph: NixPackageGraph, package: NixPackage,
     if not modules:
         return _fail(IMPORTS, key, f"found no top-level modules in {package.out_path}")
     sites = site_packages(paths)
-    proc = subprocess.run(
+    proc = processes.run(
         # -B: the store is immutable, no __pycache__ may be written into it.
         [python, "-B", "-S", "-c", _IMPORT_SCRIPT, json.dumps(modules)],
         env={"PYTHONPATH": os.pathsep.join(sites)},  # like `env -i`: nothing else leaks in
@@ -414,7 +414,7 @@ def check_cli_version(package: NixPackage, key: AssetKey) -> AssetCheckResult:
     with tempfile.TemporaryDirectory(prefix="nix-cli-check-") as home:
         for exe in exes:
             try:
-                proc = subprocess.run(
+                proc = processes.run(
                     [exe, "--version"], env=_check_env(home), capture_output=True, text=True,
                     timeout=120, check=False,
                 )
@@ -493,7 +493,7 @@ def check_webserver_smoke(
         log_path = Path(tmp) / "webserver.log"
         started = time.monotonic()
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
+            proc = processes.popen(
                 [str(exe), "-h", "127.0.0.1", "-p", str(port), "-w", "workspace.yaml"],
                 cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,
@@ -512,7 +512,7 @@ def check_webserver_smoke(
         finally:
             # Still running without answering: the machine may just be slow, so don't cache a failure.
             timed_out = proc.poll() is None and time.monotonic() - started >= timeout
-            _stop_group(proc)
+            processes.stop_group(proc, timeout=15)
         seconds = round(time.monotonic() - started, 3)
         log_tail = log_path.read_text(errors="replace")[-3000:]
     metadata = {
@@ -526,19 +526,6 @@ def check_webserver_smoke(
     return _fail(SMOKE, key, f"webserver did not answer 200 on /server_info and / within {timeout}s "
                  f"(got {statuses or 'no answer'}; exit {proc.returncode})", metadata,
                  transient=timed_out or (proc.returncode or 0) < 0)
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
 
 
 def _fail(

@@ -9,9 +9,7 @@ results in dependency order.
 from __future__ import annotations
 
 import json
-import os
 import queue
-import signal
 import subprocess
 import sys
 import threading
@@ -22,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from . import processes
 from .errors import NixBuildError, NixCommandError, NixPackageSetError
 from .graph import NixPackage, NixPackageGraph, store_hash
 from .log_format import (
@@ -155,14 +154,14 @@ class NixBuildInvocation:
         for attr in self.attrs:
             if attr in already:
                 self._outcomes[attr] = PackageOutcome(attr, self.graph[attr], "valid")
-        self.process = subprocess.Popen(
+        self.process = processes.popen(
             self.command,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=self.nix.subprocess_env(),
             start_new_session=True,  # own process group, so a cancel reaches all of Nix
-        )
+        )  # SIGTERM to nix if we die (processes.py): Nix then stops its builders itself
         stderr_reader = threading.Thread(target=self._read_stderr, name="nix-stderr", daemon=True)
         stdout_reader = threading.Thread(target=self._read_stdout, name="nix-stdout", daemon=True)
         self._threads = [stderr_reader, stdout_reader]
@@ -189,19 +188,7 @@ class NixBuildInvocation:
         if proc is None or proc.poll() is not None:
             return
         self._log(f"Stopping nix (pid {proc.pid})")
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=TERMINATE_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-        self.returncode = proc.returncode
+        self.returncode = processes.stop_group(proc, TERMINATE_TIMEOUT_S)
 
     def is_running(self) -> bool:
         """Whether the nix process is still running."""

@@ -17,6 +17,7 @@ import yaml
 from dagster import ConfigurableResource, EnvVar
 from pydantic import Field, field_validator
 
+from . import processes
 from .errors import NixCommandError, NixNotFoundError
 from .log_format import error_messages
 from .nix_output import Derivation, NixVersion, parse_derivation_show, parse_path_info, parse_version
@@ -224,7 +225,7 @@ class NixResource(ConfigurableResource):
     def run(self, command: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a short Nix command to completion; on failure raise with Nix's own error messages."""
         self.log_command(command)
-        proc = subprocess.run(list(command), capture_output=True, text=True, env=self.subprocess_env(), check=False)
+        proc = processes.run(list(command), capture_output=True, text=True, env=self.subprocess_env(), check=False)
         if check and proc.returncode != 0:
             raise NixCommandError(command, proc.returncode, error_messages(proc.stderr).messages)
         return proc

@@ -1,0 +1,121 @@
+"""SIGKILL of the Dagster process leaves nothing of ours running: not `nix build`, not its builders, not the
+smoke check's webserver or its code server. A real `dagster asset materialize`, killed for real."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = Path(__file__).parent / "fixtures" / "tiny"
+DAGSTER = str(Path(sys.executable).parent / "dagster")
+GRACE_S = 10.0
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every live process (zombies are not running: left out)."""
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,stat=,args="], capture_output=True, text=True, check=True).stdout
+    table = {}
+    for line in out.splitlines():
+        pid, ppid, stat, *args = line.split(None, 3)
+        if not stat.startswith("Z"):
+            table[int(pid)] = (int(ppid), args[0] if args else "")
+    return table
+
+
+def _descendants(root: int) -> dict[int, str]:
+    table = _processes()
+    found: dict[int, str] = {}
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, args) in table.items():
+            if ppid == parent and pid not in found:
+                found[pid] = args
+                frontier.append(pid)
+    return found
+
+
+def _still_running(procs: dict[int, str]) -> list[str]:
+    table = _processes()
+    return [f"{pid} {args}" for pid, args in procs.items() if pid in table and table[pid][1] == args]
+
+
+def _matching(text: str) -> list[str]:
+    return [f"{pid} {args}" for pid, (_, args) in _processes().items() if text in args and "ps -eo" not in args]
+
+
+def _env(tmp_path: Path, nix_dir: Path, config: str) -> dict[str, str]:
+    (tmp_path / "home").mkdir(exist_ok=True)
+    (tmp_path / "nix-builder.yaml").write_text(config)
+    return {
+        **os.environ,
+        "DAGSTER_NIX_DIR": str(nix_dir),
+        "DAGSTER_HOME": str(tmp_path / "home"),
+        "DAGSTER_NIX_OUT_LINK_DIR": str(tmp_path / "results"),
+        "DAGSTER_NIX_CONFIG": str(tmp_path / "nix-builder.yaml"),
+    }
+
+
+def _start(env: dict[str, str], select: str, log: Path) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [DAGSTER, "asset", "materialize", "-m", "dagster_nix_builder.definitions", "--select", select],
+            env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+
+
+def _wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"{what} never happened (exit {proc.returncode}):\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
+def _kill_and_expect_nothing_left(proc: subprocess.Popen, markers: list[str]) -> dict[int, str]:
+    ours = _descendants(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + GRACE_S
+    while (_still_running(ours) or any(_matching(m) for m in markers)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = _still_running(ours) + [p for m in markers for p in _matching(m)]
+    assert not left, f"still running {GRACE_S:.0f} s after SIGKILL of dagster:\n" + "\n".join(left)
+    return ours
+
+
+def test_sigkill_during_a_build_stops_nix_and_its_builder(tmp_path: Path, salt: str):
+    env = _env(tmp_path, TINY, f"nix_args:\n  salt: {salt}\n  sleep: '53'\n")
+    log = tmp_path / "dagster.log"
+    proc = _start(env, "solo", log)
+
+    def builder_sleeps() -> bool:
+        return any(args == "sleep 53" for _, args in _processes().values())
+
+    _wait_for(builder_sleeps, proc, log, 120, "the build")
+    ours = _kill_and_expect_nothing_left(proc, ["sleep 53", f"--argstr salt {salt}"])
+    assert any(" build " in args and salt in args for args in ours.values()), ours  # nix build was ours
+    assert any(args == "sleep 53" for args in ours.values()), ours  # and so was its builder
+
+
+@pytest.mark.slow
+def test_sigkill_during_the_smoke_check_stops_the_webserver_and_its_code_server(tmp_path: Path):
+    env = _env(tmp_path, REPO / "nix", "recheck: true\n")  # run the checks even if a result is kept
+    log = tmp_path / "dagster.log"
+    proc = _start(env, "dagster-webserver", log)
+    marker = "-h 127.0.0.1 -p"  # the smoke check's command line (checks.py)
+
+    def webserver_with_code_server() -> bool:
+        servers = _matching(marker)
+        return bool(servers) and bool(_descendants(int(servers[0].split()[0])))
+
+    _wait_for(webserver_with_code_server, proc, log, 900, "the smoke check's webserver and code server")
+    ours = _kill_and_expect_nothing_left(proc, [marker])
+    assert any(marker in args for args in ours.values()), ours
