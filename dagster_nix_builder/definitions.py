@@ -1,18 +1,25 @@
 """The code location: one ``Definitions`` with an asset per package of the repo's ``nix/``.
 
-Environment:
-    DAGSTER_NIX_DIR: package-set directory (default: ``<repo>/nix``).
-    DAGSTER_NIX_CONFIG: YAML file of :class:`NixResource` fields (default: ``<repo>/nix-builder.yaml``
-        if it exists); values ``{env: NAME}`` are read from the environment at run time.
-    DAGSTER_NIX_SCOPE, DAGSTER_NIX_OUT_LINK_DIR, DAGSTER_NIX_EXECUTABLE: override single fields.
-    DAGSTER_HOME: defaults to ``<repo>/.dagster_home`` (SQLite) for processes that load this module
-        before creating an instance (``dagster dev`` code servers); export it for ``dagster asset
-        materialize`` so CLI runs land in the same place.
+Configuration of the ``nix`` resource (:class:`NixResource`), each layer over the one before:
+
+1. defaults: the fields' own, except ``nix_dir`` = ``<repo>/nix`` and ``out_link_dir`` = ``<repo>/.nix-results``;
+2. the YAML file named by ``DAGSTER_NIX_CONFIG``, else ``<repo>/nix-builder.yaml`` if it exists (values
+   ``{env: NAME}`` are read from the environment at run time; relative paths are relative to the file);
+3. the environment: ``DAGSTER_NIX_DIR``, ``DAGSTER_NIX_SCOPE``, ``DAGSTER_NIX_OUT_LINK_DIR``,
+   ``DAGSTER_NIX_EXECUTABLE``.
+
+A named file that does not exist, an unknown key, a value of the wrong type or invalid YAML fails the load
+with a :class:`NixConfigError` naming the file, the line and the key.
+
+``DAGSTER_HOME`` defaults to ``<repo>/.dagster_home`` (SQLite) for processes that load this module before
+creating an instance (``dagster dev`` code servers); export it for ``dagster asset materialize`` so CLI runs
+land in the same place.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from dagster import (
@@ -24,7 +31,7 @@ from dagster import (
 )
 
 from .assets import nix_assets
-from .resource import NixResource
+from .resource import NixResource, resource_from_environment
 from .sensors import package_automation_condition, update_definitions
 from .translator import DagsterNixTranslator, DagsterNixTranslatorSettings
 
@@ -41,19 +48,17 @@ def default_dagster_home() -> Path:
     return home
 
 
-def nix_resource_from_env() -> NixResource:
-    """The Nix resource as configured by the YAML file and the environment."""
-    overrides = {
-        "nix_dir": os.environ.get("DAGSTER_NIX_DIR", str(DEFAULT_NIX_DIR)),
-        "out_link_dir": os.environ.get("DAGSTER_NIX_OUT_LINK_DIR", str(REPO_ROOT / ".nix-results")),
-    }
-    for field, var in (("scope", "DAGSTER_NIX_SCOPE"), ("executable", "DAGSTER_NIX_EXECUTABLE")):
-        if var in os.environ:
-            overrides[field] = os.environ[var]
-    config = Path(os.environ.get("DAGSTER_NIX_CONFIG", str(DEFAULT_CONFIG)))
-    if config.is_file():
-        return NixResource.from_yaml(config, **overrides)
-    return NixResource(**overrides)
+def nix_resource_from_env(environ: Mapping[str, str] | None = None) -> NixResource:
+    """The Nix resource: defaults, then the YAML file, then the environment (see the module docstring).
+
+    Raises:
+        NixConfigError: the named file does not exist, or the file is wrong (names file, line and key).
+    """
+    return resource_from_environment(
+        os.environ if environ is None else environ,
+        defaults={"nix_dir": str(DEFAULT_NIX_DIR), "out_link_dir": str(REPO_ROOT / ".nix-results")},
+        default_config=DEFAULT_CONFIG,
+    )
 
 
 def build_definitions() -> Definitions:

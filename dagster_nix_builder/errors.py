@@ -104,3 +104,8 @@ class NixBuildError(NixCommandError):
             messages,
             summary=f"{len(self.failures)} package(s) failed or blocked: {', '.join(self.failures)}\n{listing}",
         )
+
+
+class NixConfigError(NixBuilderError):
+    """The configuration of :class:`NixResource` (its YAML file or environment) is wrong; the message names
+    the file, the line and the key."""

@@ -152,3 +152,38 @@ def test_no_nix_on_path_is_a_clear_error(tmp_path: Path):
     assert proc.returncode != 0
     assert "Nix executable 'nix' was not found on PATH" in proc.stderr
     assert "apt-get install nix-bin" in proc.stderr
+
+
+def test_nix_dir_and_out_link_dir_of_the_config_file_are_used(tmp_path: Path, salt: str):
+    config = tmp_path / "nix-builder.yaml"
+    config.write_text(f"nix_dir: {TINY}\nout_link_dir: links\nnix_args:\n  salt: {salt}\n")
+    env = _env(tmp_path, TINY, DAGSTER_NIX_CONFIG=str(config))
+    del env["DAGSTER_NIX_DIR"], env["DAGSTER_NIX_OUT_LINK_DIR"]
+    proc = _load(env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "['base', 'mid', 'solo', 'top-level']"  # the tiny set, not the repo's nix/
+    code = "from dagster_nix_builder.definitions import nix_resource_from_env as f; print(f().out_link_dir)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str(tmp_path / "links")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("max_job: 4\n", "{config}:1: unknown key 'max_job'; did you mean 'max_jobs'?"),
+    ("cores: two\n", ("{config}:1: cores: Input should be a valid integer, unable to parse string as an integer "
+                     "(got 'two')")),
+    ("scope: [bootstrap\n", ("{config}:2:1: invalid YAML: while parsing a flow sequence, expected ',' or ']', "
+                            "but got '<stream end>'")),
+])
+def test_a_bad_config_file_fails_the_load_naming_file_line_and_key(tmp_path: Path, text: str, message: str):
+    config = tmp_path / "nix-builder.yaml"
+    config.write_text(text)
+    proc = _load(_env(tmp_path, TINY, DAGSTER_NIX_CONFIG=str(config)))
+    assert proc.returncode != 0
+    assert "NixConfigError: " + message.format(config=config) in proc.stderr
+
+
+def test_a_missing_named_config_file_fails_the_load(tmp_path: Path):
+    proc = _load(_env(tmp_path, TINY, DAGSTER_NIX_CONFIG=str(tmp_path / "missing.yaml")))
+    assert proc.returncode != 0
+    assert f"NixConfigError: DAGSTER_NIX_CONFIG names {tmp_path / 'missing.yaml'}, which does not exist" in proc.stderr
+
