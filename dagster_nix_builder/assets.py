@@ -1,15 +1,38 @@
 """``nix_assets``: one subsettable multi-asset for a package set."""
 
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from dagster import AssetExecutionContext, AssetsDefinition, multi_asset
 
 from .checks import check_specs_for
+from .errors import NixPackageSetError
 from .graph import NixPackageGraph
 from .resource import NixResource
 from .translator import DagsterNixTranslator
+
+# The attribute is a Nix identifier (a formal argument of the packages depending on it) and a Dagster asset
+# key that the CLI's and the UI's selection syntax can name (no '.', no spaces).
+PACKAGE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+def validate_package_names(graph: NixPackageGraph) -> None:
+    """Raise :class:`NixPackageSetError` naming the file of the first package whose name cannot be a
+    package (see :data:`PACKAGE_NAME`)."""
+    for attr in sorted(graph):
+        if PACKAGE_NAME.fullmatch(attr):
+            continue
+        file = graph[attr].file
+        what = f"Package file {file}" if file else f"Attribute {attr!r} of {graph.nix_dir}/default.nix"
+        fixed = re.sub(r"[^A-Za-z0-9_-]+", "-", attr).strip("-")
+        hint = f" Rename it, e.g. to {fixed}{'.nix' if file else ''}." if PACKAGE_NAME.fullmatch(fixed) else ""
+        raise NixPackageSetError(
+            f"{what} cannot be a package: its name {attr!r} must be letters, digits, '_' and '-', not starting "
+            "with a digit or '-' ([A-Za-z_][A-Za-z0-9_-]*), since it is the Nix attribute, the argument other "
+            f"packages take and the Dagster asset key.{hint}"
+        )
 
 
 def nix_assets(
@@ -31,7 +54,11 @@ def nix_assets(
         translator: maps packages to specs; subclass :class:`DagsterNixTranslator` to customise.
         op_tags: tags of the op.
         pool: concurrency pool of the op.
+
+    Raises:
+        NixPackageSetError: a package's name cannot be an asset key (names its file).
     """
+    validate_package_names(graph)
     translator = translator or DagsterNixTranslator()
     specs = []
     check_specs = []

@@ -35,7 +35,16 @@ let
     };
 
   entries = readDir ./packages;
-  packageNames = map (file: builtins.head (match "(.*)\\.nix" file))
+  # A file's name is the attribute, the formal argument of the packages that depend on it and the Dagster
+  # asset key, so it must be a Nix identifier that Dagster accepts too.
+  validName = file:
+    let name = builtins.head (match "(.*)\\.nix" file); in
+    if match "[A-Za-z_][A-Za-z0-9_-]*" name != null then name
+    else throw ("nix/default.nix: package file nix/packages/${file} has a name that cannot be a package: "
+      + "the name before .nix must be letters, digits, '_' and '-', not starting with a digit or '-' "
+      + "([A-Za-z_][A-Za-z0-9_-]*), since it is the attribute, the argument other packages take and the "
+      + "Dagster asset key. Rename the file.");
+  packageNames = map validName
     (filter (file: entries.${file} == "regular" && match ".*\\.nix" file != null) (attrNames entries));
 
   # The expressions see the scope, each other, and the source pins (under names nixpkgs does not use).

@@ -1,6 +1,8 @@
 """Materializing through a real Dagster instance runs the real `nix build` of a tiny package set."""
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,8 +13,11 @@ from dagster_nix_builder import (
     DagsterNixTranslatorSettings,
     NixBuildError,
     NixPackage,
+    NixPackageSetError,
     nix_assets,
 )
+
+REPO_NIX = Path(__file__).resolve().parent.parent / "nix"
 
 
 def _materializations(result):
@@ -130,3 +135,40 @@ def test_source_pin_is_recorded(make_nix, tiny_dir: Path):
     metadata = _materializations(result)["solo"].metadata
     assert metadata["source"].value == "git https://example.invalid/dagster.git rev abc123 hash sha256-x"
     assert metadata["source_pin"].value["git"]["rev"] == "abc123"
+
+
+@pytest.mark.parametrize(("file", "attr", "hint"), [
+    ("my pkg.nix", "my pkg", " Rename it, e.g. to my-pkg.nix."),
+    ("foo.bar.nix", "foo.bar", " Rename it, e.g. to foo-bar.nix."),
+    ("2fast.nix", "2fast", ""),
+])
+def test_package_file_names_that_cannot_be_keys_are_rejected_naming_the_file(
+    make_nix, tiny_dir: Path, file: str, attr: str, hint: str
+):
+    (tiny_dir / "packages" / file).write_text('{ mkPkg }: mkPkg { name = "odd"; }\n')
+    graph = make_nix(tiny_dir).load_graph()
+    with pytest.raises(NixPackageSetError) as excinfo:
+        nix_assets(graph)
+    assert str(excinfo.value) == (
+        f"Package file {graph.nix_dir}/packages/{file} cannot be a package: its name {attr!r} must be letters, "
+        "digits, '_' and '-', not starting with a digit or '-' ([A-Za-z_][A-Za-z0-9_-]*), since it is the Nix "
+        f"attribute, the argument other packages take and the Dagster asset key.{hint}"
+    )
+
+
+def test_the_package_set_rejects_such_a_file_itself(tmp_path: Path):
+    """nix/default.nix throws naming the file, so a plain nix-build says it too."""
+    nix_dir = tmp_path / "nix"
+    shutil.copytree(REPO_NIX, nix_dir)
+    (nix_dir / "packages" / "my pkg.nix").write_text("{ runCommand }: runCommand \"x\" { } \"touch $out\"\n")
+    proc = subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "-E",
+         f'builtins.attrNames (import {nix_dir} {{ scope = "bootstrap"; }})'],
+        capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode != 0
+    assert (
+        "nix/default.nix: package file nix/packages/my pkg.nix has a name that cannot be a package: the name "
+        "before .nix must be letters, digits, '_' and '-', not starting with a digit or '-' ([A-Za-z_][A-Za-z0-9_-]*), "
+        "since it is the attribute, the argument other packages take and the Dagster asset key. Rename the file."
+    ) in " ".join(proc.stderr.split())
