@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import logging
 import os
 import shlex
@@ -20,7 +21,7 @@ from dagster import ConfigurableResource, EnvVar
 from pydantic import Field, ValidationError, field_validator
 
 from . import processes
-from .errors import NixCommandError, NixConfigError, NixNotFoundError
+from .errors import NixCommandError, NixConfigError, NixNotFoundError, NixPackageSetError
 from .log_format import error_messages
 from .nix_output import Derivation, NixVersion, parse_derivation_show, parse_path_info, parse_version
 from .nix_settings import DEFAULT_HOST_PYTHON, DEFAULT_NIX_CONFIG, nix_config_for_scope
@@ -296,9 +297,15 @@ class NixResource(ConfigurableResource):
         return True
 
     def load_graph(self) -> NixPackageGraph:
-        """Ask Nix for the package graph of :attr:`nix_dir`."""
+        """Ask Nix for the package graph of :attr:`nix_dir`.
+
+        Raises:
+            NixPackageSetError: a JSON file the package set reads is invalid (names file and line), or
+                :func:`~dagster_nix_builder.graph.load_package_graph`'s errors.
+        """
         from .graph import load_package_graph
 
+        check_json_inputs(Path(str(self.resolved("nix_dir"))))
         return load_package_graph(self)
 
     def build(
@@ -319,6 +326,29 @@ class NixResource(ConfigurableResource):
     def describe(self, command: Sequence[str]) -> str:
         """A command as one shell-quoted string, for logs."""
         return shlex.join(command)
+
+
+# JSON files of a package set that its Nix code reads with builtins.fromJSON, relative to nix_dir. Nix's
+# own parse error names neither the file nor the line, so they are parsed here first.
+JSON_INPUTS = ("pins.json", "bootstrap/wheels.json")
+
+
+def check_json_inputs(nix_dir: Path) -> None:
+    """Raise :class:`NixPackageSetError` naming the file, line and column of an invalid JSON input."""
+    for name in JSON_INPUTS:
+        path = nix_dir / name
+        if not path.is_file():
+            continue
+        try:
+            json.loads(path.read_bytes())
+        except json.JSONDecodeError as exc:
+            raise NixPackageSetError(
+                f"{path.resolve()}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}. The package set reads "
+                f"this file (builtins.fromJSON), so nothing evaluates until it is fixed"
+                + (" (`git diff` shows what changed)." if name == "pins.json" else ".")
+            ) from None
+        except UnicodeDecodeError as exc:
+            raise NixPackageSetError(f"{path.resolve()}: invalid JSON: not UTF-8 ({exc.reason})") from None
 
 
 def is_registered_root(link: Path, store_path: str) -> bool:

@@ -1,6 +1,7 @@
 """The code location loads, and the CLI materializes a fixture set into a project-local instance."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -186,4 +187,19 @@ def test_a_missing_named_config_file_fails_the_load(tmp_path: Path):
     proc = _load(_env(tmp_path, TINY, DAGSTER_NIX_CONFIG=str(tmp_path / "missing.yaml")))
     assert proc.returncode != 0
     assert f"NixConfigError: DAGSTER_NIX_CONFIG names {tmp_path / 'missing.yaml'}, which does not exist" in proc.stderr
+
+
+def test_invalid_pins_json_names_the_file_and_line(tmp_path: Path):
+    nix_dir = tmp_path / "nix"
+    shutil.copytree(REPO / "nix", nix_dir)
+    (nix_dir / "pins.json").write_text(
+        '{\n  "source": "release",\n  "release": {\n    "version": "1.13.27"\n    "hashes": {}\n  }\n}\n'
+    )
+    proc = _load(_env(tmp_path, nix_dir))
+    assert proc.returncode != 0
+    assert (
+        f"NixPackageSetError: {nix_dir}/pins.json:5:5: invalid JSON: Expecting ',' delimiter. The package set "
+        "reads this file (builtins.fromJSON), so nothing evaluates until it is fixed (`git diff` shows what changed)."
+    ) in proc.stderr
+    assert "json.exception" not in proc.stderr
 
