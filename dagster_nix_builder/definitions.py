@@ -11,14 +11,16 @@ Configuration of the ``nix`` resource (:class:`NixResource`), each layer over th
 A named file that does not exist, an unknown key, a value of the wrong type or invalid YAML fails the load
 with a :class:`NixConfigError` naming the file, the line and the key.
 
-``DAGSTER_HOME`` defaults to ``<repo>/.dagster_home`` (SQLite) for processes that load this module before
-creating an instance (``dagster dev`` code servers); export it for ``dagster asset materialize`` so CLI runs
-land in the same place.
+``DAGSTER_HOME``: Dagster's CLI picks its instance before it loads this module, so without ``DAGSTER_HOME``
+``dagster asset materialize`` keeps its run in a throwaway instance. ``dagster-nix-builder`` (see
+:mod:`dagster_nix_builder.cli`) is Dagster's CLI with ``DAGSTER_HOME`` defaulting to ``<repo>/.dagster_home``;
+loading this module without ``DAGSTER_HOME`` warns.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -31,13 +33,13 @@ from dagster import (
 )
 
 from .assets import nix_assets
+from .cli import DEFAULT_DAGSTER_HOME
 from .resource import NixResource, resource_from_environment
 from .sensors import package_automation_condition, update_definitions
 from .translator import DagsterNixTranslator, DagsterNixTranslatorSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_NIX_DIR = REPO_ROOT / "nix"
-DEFAULT_DAGSTER_HOME = REPO_ROOT / ".dagster_home"
 DEFAULT_CONFIG = REPO_ROOT / "nix-builder.yaml"
 
 
@@ -63,6 +65,13 @@ def nix_resource_from_env(environ: Mapping[str, str] | None = None) -> NixResour
 
 def build_definitions() -> Definitions:
     """Evaluate the package set with Nix and build the code location's definitions."""
+    if not os.environ.get("DAGSTER_HOME"):
+        print(
+            "dagster-nix-builder: DAGSTER_HOME is not set, so Dagster's CLI keeps this command's runs in a "
+            "temporary instance, deleted when it exits. Run `.venv/bin/dagster-nix-builder ...` (Dagster's CLI "
+            f"with DAGSTER_HOME={DEFAULT_DAGSTER_HOME}) or export DAGSTER_HOME={DEFAULT_DAGSTER_HOME}.",
+            file=sys.stderr,
+        )
     default_dagster_home()
     nix = nix_resource_from_env()
     graph = nix.load_graph()

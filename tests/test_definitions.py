@@ -203,3 +203,45 @@ def test_invalid_pins_json_names_the_file_and_line(tmp_path: Path):
     ) in proc.stderr
     assert "json.exception" not in proc.stderr
 
+
+def test_cli_entry_point_keeps_runs_in_the_project_instance(tmp_path: Path, salt: str):
+    """`dagster-nix-builder` is Dagster's CLI with DAGSTER_HOME defaulting to <repo>/.dagster_home (here
+    pointed at a temporary folder, so the test leaves the real one alone)."""
+    config = tmp_path / "nix-builder.yaml"
+    config.write_text(f"nix_args:\n  salt: {salt}\n")
+    env = _env(tmp_path, TINY, DAGSTER_NIX_CONFIG=str(config))
+    del env["DAGSTER_HOME"]
+    home = tmp_path / "project-home"
+    code = (
+        "import sys\nfrom pathlib import Path\nfrom dagster_nix_builder import cli\n"
+        f"cli.DEFAULT_DAGSTER_HOME = Path({str(home)!r})\n"
+        "sys.argv = ['dagster-nix-builder', 'asset', 'materialize', '-m', 'dagster_nix_builder.definitions',"
+        " '--select', 'solo']\n"
+        "cli.main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=180, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "temporary" not in proc.stderr  # neither Dagster's temporary instance nor our warning
+    check = (
+        "from dagster import DagsterInstance, AssetKey\n"
+        "i = DagsterInstance.get()\n"
+        "print(i.get_latest_materialization_event(AssetKey('solo')) is not None, len(i.get_run_records()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", check], env={**env, "DAGSTER_HOME": str(home)},
+                         capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "1"]
+    script = Path(sys.executable).parent / "dagster-nix-builder"
+    assert subprocess.run([str(script), "--version"], capture_output=True, text=True, check=True).stdout.startswith(
+        "dagster-nix-builder, version 1.13")
+
+
+def test_plain_dagster_cli_without_dagster_home_warns(tmp_path: Path):
+    env = _env(tmp_path, TINY)
+    del env["DAGSTER_HOME"]
+    proc = _load(env)
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "dagster-nix-builder: DAGSTER_HOME is not set, so Dagster's CLI keeps this command's runs in a temporary "
+        "instance, deleted when it exits. Run `.venv/bin/dagster-nix-builder ...`"
+    ) in proc.stderr
