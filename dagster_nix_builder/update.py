@@ -763,7 +763,7 @@ class Updater:
                 if not result.passed:
                     raise UpdateError(
                         UpdateStep.CHECK,
-                        f"{attr}: check {name} failed",
+                        f"{attr}: check {name} failed" + (_missing_ui(package) if name == asset_checks.SMOKE else ""),
                         [result.description or "(no detail)"],
                     )
                 passed.append(f"{attr}: {name}")
@@ -982,6 +982,22 @@ def _local_upstream(url: str) -> str | None:
     if url.startswith("file://"):
         return unquote(urlsplit(url).path)
     return url if url.startswith("/") else None
+
+
+UI_BUILD = "dagster_webserver/webapp/build"
+"""Where the webserver's compiled UI lies in its package; Dagster's git repository does not track it."""
+
+
+def _missing_ui(package: Any) -> str:
+    """Why a webserver cannot serve its UI, when the reason is that it has none."""
+    out = Path(package.out_path or "/nonexistent")
+    if any(out.glob(f"lib/python3*/site-packages/{UI_BUILD}/index.html")):
+        return ""
+    return (
+        f": {out.name} has no {UI_BUILD} (the compiled UI), so it answers 500 on /. Dagster's git repository "
+        "does not track it; it is built from js_modules/ with Node and yarn, which this package set does not "
+        "do (the release sdists carry it)"
+    )
 
 
 def _git_identity(repo: git.Repo) -> bool:
