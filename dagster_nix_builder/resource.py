@@ -468,6 +468,9 @@ def _yaml_error(path: Path, exc: yaml.YAMLError) -> str:
     where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
     problem = getattr(exc, "problem", None)
     context = getattr(exc, "context", None)
+    context_mark = getattr(exc, "context_mark", None)
+    if context and context_mark is not None and context_mark is not mark:
+        context += f" (line {context_mark.line + 1}, column {context_mark.column + 1})"
     if problem:
         what = f"{context}, {problem}" if context else problem
     else:

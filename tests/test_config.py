@@ -98,8 +98,8 @@ def test_yaml_error_names_file_and_line(tmp_path: Path):
     with pytest.raises(NixConfigError) as excinfo:
         _resource(tmp_path, "scope: bootstrap\nnix_args:\n  salt: [unclosed\n")
     assert str(excinfo.value) == (
-        f"{tmp_path / 'nix-builder.yaml'}:4:1: invalid YAML: while parsing a flow sequence, "
-        "expected ',' or ']', but got '<stream end>'"
+        f"{tmp_path / 'nix-builder.yaml'}:4:1: invalid YAML: while parsing a flow sequence (line 3, "
+        "column 9), expected ',' or ']', but got '<stream end>'"
     )
     assert "<unicode string>" not in str(excinfo.value)
 

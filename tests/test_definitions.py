@@ -172,8 +172,8 @@ def test_nix_dir_and_out_link_dir_of_the_config_file_are_used(tmp_path: Path, sa
     ("max_job: 4\n", "{config}:1: unknown key 'max_job'; did you mean 'max_jobs'?"),
     ("cores: two\n", ("{config}:1: cores: Input should be a valid integer, unable to parse string as an integer "
                      "(got 'two')")),
-    ("scope: [bootstrap\n", ("{config}:2:1: invalid YAML: while parsing a flow sequence, expected ',' or ']', "
-                            "but got '<stream end>'")),
+    ("scope: [bootstrap\n", ("{config}:2:1: invalid YAML: while parsing a flow sequence (line 1, column 8), "
+                            "expected ',' or ']', but got '<stream end>'")),
 ])
 def test_a_bad_config_file_fails_the_load_naming_file_line_and_key(tmp_path: Path, text: str, message: str):
     config = tmp_path / "nix-builder.yaml"
