@@ -6,7 +6,8 @@ Steps (each named in `UpdateStep`, and in the error when it fails):
    recover from a run that was killed half-way.
 2. resolve: validate the target (40-hex rev, or a release whose five sdists are all published); with no
    target, take the head of the followed branch (`git ls-remote`) or the newest complete release.
-3. lock: in release mode regenerate `nix/bootstrap/wheels.json`.
+3. lock: in release mode regenerate `nix/bootstrap/wheels.json`; in git mode (after step 5) check that
+   the source's own requirements are what it locks, and fail listing the drift.
 4. hash: build the source with the candidate pins passed to Nix as an argument (`--arg pins`) and a fake
    hash; Nix fails and prints the real one (`specified:`/`got:`). Nothing is written for this.
 5. version: in git mode build the source at its real hash and read the version from its own
@@ -36,6 +37,7 @@ import shlex
 import signal
 import subprocess
 import time
+import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -47,6 +49,8 @@ from urllib.parse import unquote, urlsplit
 # only where git is used, with our own message.
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 import git
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from dagster_nix_builder import git_upstream
 from dagster_nix_builder.errors import NixBuilderError
@@ -78,6 +82,14 @@ WHEELS_LOCK_RELATIVE_PATH = Path("nix") / "bootstrap" / "wheels.json"
 LOCK_SCRIPT_RELATIVE_PATH = Path("nix") / "bootstrap" / "lock.py"
 JOURNAL_NAME = "dagster-nix-builder-update.json"
 LOCK_NAME = "dagster-nix-builder-update.lock"
+SOURCE_LAYOUT = {
+    "dagster": "python_modules/dagster",
+    "dagster-graphql": "python_modules/dagster-graphql",
+    "dagster-pipes": "python_modules/dagster-pipes",
+    "dagster-webserver": "python_modules/dagster-webserver",
+    "dagster-shared": "python_modules/libraries/dagster-shared",
+}
+"""Where the five packages lie in Dagster's monorepo (as `layout` in nix/packages/dagster-src.nix)."""
 VERSION_FILE = "python_modules/dagster/dagster/version.py"
 """Where Dagster's monorepo says its version (`__version__ = "..."`); git mode pins what it says."""
 
@@ -451,7 +463,10 @@ class Updater:
             if mode == "git":
                 final = candidate.with_git(hash=hashes[self.settings.source_attr])
                 step = UpdateStep.VERSION
-                final = final.with_git(version=self._source_version(final))
+                version, tree = self._source_version(final)
+                final = final.with_git(version=version)
+                step = UpdateStep.LOCK
+                self._check_lock(tree, target)
             else:
                 # Keep the file's key order so the commit's diff shows only changed values.
                 order = [*pins.release.hashes, *(p for p in RELEASE_PACKAGES if p not in pins.release.hashes)]
@@ -599,9 +614,9 @@ class Updater:
             )
         return hashes
 
-    def _source_version(self, pins: Pins) -> str:
-        """The version the source says it is (`__version__` of its dagster/version.py); the pinned one when
-        the tree has no such file (a repository not laid out like Dagster's)."""
+    def _source_version(self, pins: Pins) -> tuple[str, Path]:
+        """The version the source says it is (`__version__` of its dagster/version.py; the pinned one when
+        the tree has no such file: a repository not laid out like Dagster's), and the source tree."""
         proc = self._nix_build([self.settings.source_attr], "git", json_out=True, pins=pins)
         if proc.returncode != 0:
             raise UpdateError(
@@ -615,7 +630,7 @@ class Updater:
         version_file = Path(tree) / VERSION_FILE
         if not version_file.is_file():
             self.log(f"the source has no {VERSION_FILE}: git.version stays {pins.git.version}")
-            return pins.git.version
+            return pins.git.version, Path(tree)
         version = read_version_file(version_file.read_text(errors="replace"))
         if version is None:
             raise UpdateError(
@@ -628,7 +643,29 @@ class Updater:
             raise UpdateError(UpdateStep.VERSION, f"{VERSION_FILE} of rev {pins.git.rev}: {e}") from e
         if version != pins.git.version:
             self.log(f"the source reports version {version} (was {pins.git.version})")
-        return version
+        return version, Path(tree)
+
+    def _check_lock(self, tree: Path, rev: str) -> None:
+        """Git mode: the source's own requirements must be what the wheel lock provides."""
+        if not self._wheels_path().is_file():
+            return
+        python = self.settings.nix_args.get("hostPythonVersion")
+        if not python:
+            proc = self._sh(
+                [self.settings.lock_python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                env=None, timeout=60,
+            )  # fmt: skip
+            python = proc.stdout.strip()
+        key, drift = lock_drift(tree, json.loads(self._wheels_path().read_text()), python, os.uname().machine)
+        if drift:
+            raise UpdateError(
+                UpdateStep.LOCK,
+                f"the source at {rev} requires what {self._rel(self._wheels_path())} does not lock for {key}; "
+                f"the lock is resolved from a Dagster release, and {self._rel(self._lock_script())} cannot yet "
+                "resolve it from the source's own requirements, so it is not regenerated",
+                drift,
+            )
+        self.log(f"the source's requirements are all in the wheel lock ({key})")
 
     def _build_downstream(self, mode: str) -> dict[str, tuple[str, ...]]:
         drvs = self._drv_paths(mode)
@@ -960,6 +997,45 @@ class Updater:
             "--no-link", "--keep-going", *(["--json"] if json_out else []), *attrs,
         ]  # fmt: skip
         return self._sh(cmd, env=self._env(pins), timeout=self.settings.timeout_seconds)
+
+
+def lock_drift(tree: Path, lock: Mapping[str, Any], python: str, machine: str) -> tuple[str, list[str]]:
+    """What the source requires that the wheel lock does not provide, for the lock of `python` on `machine`.
+
+    Reads `[project].dependencies` of the five packages' `pyproject.toml` in `tree` (markers evaluated for
+    that target), leaves out the five themselves, and compares names and versions with the lock.
+
+    Returns:
+        The target's key, and one line per requirement the lock does not satisfy (empty: no drift).
+    """
+    key = f"{python}-{machine}-linux"
+    wheels = (lock.get("targets", {}).get(key) or {}).get("wheels")
+    if wheels is None:
+        return key, []  # no lock for this interpreter: the package set itself says so, naming the fix
+    environment = {
+        "python_version": python, "python_full_version": f"{python}.0", "implementation_name": "cpython",
+        "platform_python_implementation": "CPython", "sys_platform": "linux", "platform_system": "Linux",
+        "os_name": "posix", "platform_machine": machine, "extra": "",
+    }  # fmt: skip
+    drift = []
+    for directory in SOURCE_LAYOUT.values():
+        pyproject = tree / directory / "pyproject.toml"
+        if not pyproject.is_file():
+            continue
+        project = tomllib.loads(pyproject.read_text()).get("project", {})
+        for spec in project.get("dependencies", []):
+            req = Requirement(spec)
+            if req.marker is not None and not req.marker.evaluate(environment):
+                continue
+            name = canonicalize_name(req.name)
+            if name in SOURCE_LAYOUT:
+                continue
+            locked = wheels.get(name)
+            if locked is None:
+                drift.append(f"{directory}: {spec} (not in the lock)")
+            elif req.specifier and not req.specifier.contains(locked["version"], prereleases=True):
+                drift.append(f"{directory}: {spec} (the lock has {locked['version']})")
+    return key, drift
 
 
 def pins_nix_expression(pins: Pins) -> str:

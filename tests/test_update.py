@@ -530,3 +530,35 @@ def test_contradictory_arguments_are_refused(tmp_path: Path, kwargs: dict, messa
     with pytest.raises(ValueError) as info:
         update(settings(tmp_path), **kwargs)
     assert str(info.value) == message
+
+
+def test_git_mode_refuses_a_source_whose_requirements_the_wheel_lock_lacks(fresh: dict) -> None:
+    pyproject = (
+        '[project]\nname = "dagster"\ndependencies = [\n  "click>=8",\n  "left-pad>=1",\n'
+        '  "tomli>=99; python_version<\'3.11\'",\n  "dagster-shared==1.2.3",\n  "pyyaml>=99",\n]\n'
+    )
+    rev = fresh["upstream"].push({"python_modules/dagster/pyproject.toml": pyproject}, "new requirements")
+    project = make_project(fresh["root"], fresh["upstream"])
+    python = subprocess.run(["/usr/bin/python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                            capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    target = f"{python}-{os.uname().machine}-linux"
+    lock = {"targets": {target: {"wheels": {"click": {"version": "8.1.7"}, "pyyaml": {"version": "6.0.2"}}}}}
+    (project / "nix" / "bootstrap").mkdir()
+    (project / "nix" / "bootstrap" / "wheels.json").write_text(json.dumps(lock))
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "a wheel lock")
+    before, head = snapshot(project), git(project, "rev-parse", "HEAD")
+
+    with pytest.raises(UpdateError) as info:
+        update(settings(project), source="git")
+
+    assert info.value.step is UpdateStep.LOCK
+    assert info.value.reason.startswith(
+        f"the source at {rev} requires what nix/bootstrap/wheels.json does not lock for {target}"
+    )
+    # Markers are evaluated for the target, and the five packages built here are not looked up.
+    assert info.value.messages == [
+        "python_modules/dagster: left-pad>=1 (not in the lock)",
+        "python_modules/dagster: pyyaml>=99 (the lock has 6.0.2)",
+    ]
+    assert_untouched(project, before, head)
