@@ -109,7 +109,7 @@ def test_definitions_load_the_real_six(tmp_path: Path):
 
 def _sleepers(marker: str) -> list[str]:
     """Processes whose command line is ``marker``, or contains it when it is an option."""
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
     rows = [line.strip().split(None, 1) + [""] for line in out.splitlines()[1:]]
     return [f"{pid} {args}" for pid, args, *_ in rows
             if (marker in args if marker.startswith("--") else args == marker) and "ps -eo" not in args]
@@ -120,17 +120,18 @@ def test_cancelled_run_stops_nix_and_the_next_run_succeeds(tmp_path: Path, salt:
     import signal
     import time
 
+    sleep = f"41.{int(salt[:8], 16) % 10**6:06d}"  # unique: ps sees other test runs on the machine too
     config = tmp_path / "nix-builder.yaml"
-    config.write_text(f"nix_args:\n  salt: {salt}\n  sleep: '41'\n")
+    config.write_text(f"nix_args:\n  salt: {salt}\n  sleep: '{sleep}'\n")
     env = _env(tmp_path, TINY, DAGSTER_NIX_CONFIG=str(config))
     dagster = str(Path(sys.executable).parent / "dagster")
     command = [dagster, "asset", "materialize", "-m", "dagster_nix_builder.definitions", "--select", "solo"]
     proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     deadline = time.monotonic() + 60
-    while not _sleepers("sleep 41") and time.monotonic() < deadline and proc.poll() is None:
+    while not _sleepers(f"sleep {sleep}") and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    assert _sleepers("sleep 41"), "the build should be running"
+    assert _sleepers(f"sleep {sleep}"), "the build should be running"
     started = time.monotonic()
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=60)
@@ -138,9 +139,9 @@ def test_cancelled_run_stops_nix_and_the_next_run_succeeds(tmp_path: Path, salt:
     assert proc.returncode != 0
     assert "Stopping nix" in output or "interrupt" in output.lower(), output[-3000:]
     deadline = time.monotonic() + 15
-    while (_sleepers("sleep 41") or _sleepers(f"--argstr salt {salt}")) and time.monotonic() < deadline:
+    while (_sleepers(f"sleep {sleep}") or _sleepers(f"--argstr salt {salt}")) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _sleepers("sleep 41") and not _sleepers(f"--argstr salt {salt}"), "nothing left running"
+    assert not _sleepers(f"sleep {sleep}") and not _sleepers(f"--argstr salt {salt}"), "nothing left running"
     config.write_text(f"nix_args:\n  salt: {salt}\n")  # same set, no sleep: builds fine now
     again = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=180, check=False)
     assert again.returncode == 0, again.stderr[-3000:]

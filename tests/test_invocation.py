@@ -4,6 +4,7 @@ import os
 import subprocess
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -67,13 +68,17 @@ def test_unknown_attribute(make_nix):
         make_nix().build(["nope"])
 
 
+# The builder's sleep, unique to this test process: ps sees other test runs on the machine too.
+SLEEP = f"30.{uuid.uuid4().int % 10**6:06d}"
+
+
 def _sleep_processes() -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
-    return [line for line in out.splitlines() if line.strip().split(None, 1)[1:] == ["sleep 30"]]
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if line.strip().split(None, 1)[1:] == [f"sleep {SLEEP}"]]
 
 
 def test_interrupt_stops_nix_and_next_run_succeeds(make_nix):
-    nix = make_nix(sleep="30")
+    nix = make_nix(sleep=SLEEP)
     invocation = nix.build(["solo"])
     seen_build = threading.Event()
     events = invocation.events()
@@ -103,7 +108,7 @@ def test_interrupt_stops_nix_and_next_run_succeeds(make_nix):
 
 
 def test_keyboard_interrupt_terminates(make_nix):
-    invocation = make_nix(sleep="30").build(["base"])
+    invocation = make_nix(sleep=SLEEP).build(["base"])
     events = invocation.events()
     for event in events:
         if getattr(event, "drv_path", None):
