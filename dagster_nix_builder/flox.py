@@ -33,7 +33,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import time
 from collections import deque
@@ -44,6 +43,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field, field_validator
 
+from . import processes
 from .errors import NixBuilderError, NixBuildError, NixCommandError, NixPackageSetError
 from .graph import NixPackage, NixPackageGraph
 from .invocation import PackageOutcome, materialize_result, requested_attrs, selected_attrs
@@ -142,7 +142,7 @@ def _git(project_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     git = shutil.which("git")
     if git is None:
         raise NixBuilderError("git is needed for Flox builds (Flox builds only git-tracked files).")
-    return subprocess.run([git, "-C", str(project_dir), *args], capture_output=True, text=True, check=True)
+    return processes.run([git, "-C", str(project_dir), *args], capture_output=True, text=True, check=True)
 
 
 def prepare_layout(nix_dir: str | os.PathLike[str], project_dir: str | os.PathLike[str]) -> FloxLayout:
@@ -303,7 +303,7 @@ class FloxBuildInvocation:
                 self._before[link] = os.readlink(link) if link.is_symlink() else None
         self._log(f"Running: {shlex.join(self.command)}")
         self._started = time.monotonic()
-        self.process = subprocess.Popen(
+        self.process = processes.popen(
             self.command,
             cwd=self.layout.project_dir,
             stdin=subprocess.DEVNULL,
@@ -315,21 +315,8 @@ class FloxBuildInvocation:
 
     def terminate(self) -> None:
         """Stop Flox: SIGTERM to its process group, wait, then SIGKILL."""
-        proc = self.process
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=TERMINATE_TIMEOUT_S)
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-        self.returncode = proc.returncode
+        if self.process is not None and self.process.poll() is None:
+            self.returncode = processes.stop_group(self.process, TERMINATE_TIMEOUT_S)
 
     def _read_log(self) -> None:
         assert self.process is not None and self.process.stdout is not None

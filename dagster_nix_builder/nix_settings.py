@@ -11,10 +11,11 @@ from __future__ import annotations
 import configparser
 import json
 import os
-import subprocess
 from functools import cache
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+from . import processes
 
 DEFAULT_NIX_CONFIG = "experimental-features = nix-command\nsubstituters ="
 DEFAULT_HOST_PYTHON = "/usr/bin/python3"
@@ -98,7 +99,7 @@ def bootstrap_nix_config(
 def nixpkgs_on_nix_path(nix_instantiate: str = "nix-instantiate") -> bool:
     """Whether ``<nixpkgs>`` resolves, which makes the package set's ``scope = "auto"`` pick nixpkgs."""
     try:
-        proc = subprocess.run([nix_instantiate, "--find-file", "nixpkgs"], capture_output=True, check=False)
+        proc = processes.run([nix_instantiate, "--find-file", "nixpkgs"], capture_output=True)
     except OSError:
         return False
     return proc.returncode == 0

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import shlex
-import subprocess
 import sys
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,6 +34,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from . import processes
 from .errors import NixCommandError
 
 logger = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ def _run(command: list[str], nix_config: str = DEFAULT_NIX_CONFIG) -> str:
     """Run one Nix command (argument list, NIX_CONFIG per call); stdout, or NixCommandError."""
     logger.info("running %s", shlex.join(command))
     env = {**os.environ, "NIX_CONFIG": nix_config}
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    proc = processes.run(command, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         messages = [line for line in proc.stderr.splitlines() if line.strip()][-30:]
         raise NixCommandError(command, proc.returncode, messages)
