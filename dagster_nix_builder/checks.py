@@ -524,8 +524,24 @@ def check_webserver_smoke(
         return AssetCheckResult(check_name=SMOKE, asset_key=key, passed=True, metadata=metadata)
     metadata["log_tail"] = MetadataValue.md(f"```\n{log_tail}\n```")
     return _fail(SMOKE, key, f"webserver did not answer 200 on /server_info and / within {timeout}s "
-                 f"(got {statuses or 'no answer'}; exit {proc.returncode})", metadata,
+                 f"(got {statuses or 'no answer'}; exit {proc.returncode}){_missing_ui(package)}", metadata,
                  transient=timed_out or (proc.returncode or 0) < 0)
+
+
+UI_BUILD = "dagster_webserver/webapp/build"
+"""Where the webserver's compiled UI lies in its package; Dagster's git repository does not track it."""
+
+
+def _missing_ui(package: NixPackage) -> str:
+    """Why a webserver cannot serve its UI, when the reason is that it has none."""
+    out = Path(package.out_path or "/nonexistent")
+    if any(out.glob(f"lib/python3*/site-packages/{UI_BUILD}/index.html")):
+        return ""
+    return (
+        f"; {out.name} has no {UI_BUILD} (the compiled UI), so it answers 500 on /. Dagster's git repository "
+        "does not track it; it is built from js_modules/ with Node and yarn, which this package set does not "
+        "do (the release sdists carry it)"
+    )
 
 
 def _fail(

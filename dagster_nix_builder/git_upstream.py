@@ -18,6 +18,7 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 import git
 from packaging.version import InvalidVersion, Version
 
+from dagster_nix_builder import processes
 from dagster_nix_builder.pins import RELEASE_PACKAGES, validate_git_argument, validate_rev
 
 DEFAULT_TIMEOUT_SECONDS = 60
@@ -149,7 +150,7 @@ def _sdist_versions_of(
         validate_git_argument(package, "package name")
     cmd = [python, "-c", _SDIST_VERSIONS_SCRIPT, json.dumps(list(packages)), *pip_args]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        proc = processes.run(cmd, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise UpstreamError(f"listing the sdists of {', '.join(packages)} failed: {e}") from e
     try:

@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import processes
 from .errors import NixDependencyCycleError, NixEvalError, NixPackageSetError
 from .log_format import error_messages
 
@@ -167,7 +168,7 @@ def _evaluate(nix: NixResource, nix_dir: str, with_info: bool, only: str = "") -
         "1" if with_info else "0",
         *(["--argstr", "only", only] if only else []),
     )
-    proc = subprocess.run(command, capture_output=True, text=True, env=nix.subprocess_env(), check=False)
+    proc = processes.run(command, capture_output=True, text=True, env=nix.subprocess_env())
     if proc.returncode != 0:
         raise _eval_error(command, proc)
     return json.loads(proc.stdout)

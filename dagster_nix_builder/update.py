@@ -34,7 +34,6 @@ import logging
 import os
 import re
 import shlex
-import signal
 import subprocess
 import time
 import tomllib
@@ -52,7 +51,7 @@ import git
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from dagster_nix_builder import git_upstream
+from dagster_nix_builder import git_upstream, processes
 from dagster_nix_builder.errors import NixBuilderError
 from dagster_nix_builder.log_format import ActivityStarted, BuildLogLine, NixMessage, parse_line
 from dagster_nix_builder.nix_output import parse_build_json, strip_ansi
@@ -320,29 +319,16 @@ def _run(
 ) -> _Proc:
     """Run a command, killing it cleanly (SIGTERM, wait, SIGKILL) on timeout or interrupt."""
     logger.debug("running %s", shlex.join(cmd))
-    proc = subprocess.Popen(
+    proc = processes.popen(
         list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
         start_new_session=True,
     )  # fmt: skip
     try:
         out, err = proc.communicate(timeout=timeout)
     except BaseException:
-        _stop(proc)
+        processes.stop_group(proc)
         raise
     return _Proc(list(cmd), proc.returncode, out, err)
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 class Updater:
@@ -800,7 +786,7 @@ class Updater:
                 if not result.passed:
                     raise UpdateError(
                         UpdateStep.CHECK,
-                        f"{attr}: check {name} failed" + (_missing_ui(package) if name == asset_checks.SMOKE else ""),
+                        f"{attr}: check {name} failed",
                         [result.description or "(no detail)"],
                     )
                 passed.append(f"{attr}: {name}")
@@ -1058,22 +1044,6 @@ def _local_upstream(url: str) -> str | None:
     if url.startswith("file://"):
         return unquote(urlsplit(url).path)
     return url if url.startswith("/") else None
-
-
-UI_BUILD = "dagster_webserver/webapp/build"
-"""Where the webserver's compiled UI lies in its package; Dagster's git repository does not track it."""
-
-
-def _missing_ui(package: Any) -> str:
-    """Why a webserver cannot serve its UI, when the reason is that it has none."""
-    out = Path(package.out_path or "/nonexistent")
-    if any(out.glob(f"lib/python3*/site-packages/{UI_BUILD}/index.html")):
-        return ""
-    return (
-        f": {out.name} has no {UI_BUILD} (the compiled UI), so it answers 500 on /. Dagster's git repository "
-        "does not track it; it is built from js_modules/ with Node and yarn, which this package set does not "
-        "do (the release sdists carry it)"
-    )
 
 
 def _git_identity(repo: git.Repo) -> bool:

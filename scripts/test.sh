@@ -24,7 +24,7 @@ run_world() {  # name, command...
   echo "=== tests: $name ===" >&2
   "$@" 2>&1 | tee "$log"
   status[$name]=${PIPESTATUS[0]}
-  summary[$name]="$(grep -E '^=* ?[0-9]+ (passed|failed|errors?|skipped|deselected).* in [0-9.]+s' "$log" | tail -n 1 | tr -d '=' | sed 's/^ *//;s/ *$//') ($((SECONDS - start)) s wall)"
+  summary[$name]="$(grep -aE '^=* ?[0-9]+ (passed|failed|errors?|skipped|deselected).* in [0-9.]+s' "$log" | tail -n 1 | tr -d '=' | sed 's/^ *//;s/ *$//') ($((SECONDS - start)) s wall)"
 }
 
 for world in $worlds; do

@@ -200,7 +200,10 @@ let
       allDependencies = dependencies ++ propagatedBuildInputs;
     in
     pythonDerivation {
-      name = "${pname}-${version}";
+      # A store name allows no '!' or '+' (master reports 1!0+dev); the wheel takes the real version
+      # from the source itself.
+      name = "${pname}-${concatStringsSep "" (map (part: if builtins.isList part then "-" else part)
+        (builtins.split "[^A-Za-z0-9._-]" version))}";
       mode = "build";
       dependencies = allDependencies;
       outputs = [ "out" "dist" ];
