@@ -401,7 +401,8 @@ class Updater:
         step = UpdateStep.PREFLIGHT
         try:
             edited = [self._rel(self.settings.pins_path)]
-            if mode == "release" and self._lock_script().exists():
+            # Release mode relocks for the new release; git mode relocks when the source drifted from the lock.
+            if self._lock_script().exists() and self._wheels_path().is_file():
                 edited.append(self._rel(self._wheels_path()))
             self._recover_interrupted_run()
             self._refuse_dirty(repo, edited)
@@ -452,7 +453,7 @@ class Updater:
                 version, tree = self._source_version(final)
                 final = final.with_git(version=version)
                 step = UpdateStep.LOCK
-                self._check_lock(tree, target)
+                self._check_lock(tree, target, version)
             else:
                 # Keep the file's key order so the commit's diff shows only changed values.
                 order = [*pins.release.hashes, *(p for p in RELEASE_PACKAGES if p not in pins.release.hashes)]
@@ -548,10 +549,11 @@ class Updater:
             )
         return version
 
-    def _regenerate_lock(self, version: str) -> None:
+    def _regenerate_lock(self, version: str, requirements: Path | None = None) -> None:
         cmd = [
             self.settings.lock_python, str(self._lock_script()),
             "--dagster-version", version, "--output", str(self._wheels_path()),
+            *(["--requirements", str(requirements)] if requirements else []),
             *(arg for target in self.settings.lock_targets for arg in ("--target", target)),
         ]  # fmt: skip
         self._remember(self._wheels_path(), external=True)
@@ -631,8 +633,9 @@ class Updater:
             self.log(f"the source reports version {version} (was {pins.git.version})")
         return version, Path(tree)
 
-    def _check_lock(self, tree: Path, rev: str) -> None:
-        """Git mode: the source's own requirements must be what the wheel lock provides."""
+    def _check_lock(self, tree: Path, rev: str, version: str) -> None:
+        """Git mode: the source's own requirements must be what the wheel lock provides; when they drift,
+        the lock is resolved again from those requirements (`lock.py --requirements`)."""
         if not self._wheels_path().is_file():
             return
         python = self.settings.nix_args.get("hostPythonVersion")
@@ -643,15 +646,27 @@ class Updater:
             )  # fmt: skip
             python = proc.stdout.strip()
         key, drift = lock_drift(tree, json.loads(self._wheels_path().read_text()), python, os.uname().machine)
+        relocked = False
+        if drift and self._lock_script().exists():
+            self.log(f"the source at {rev} drifted from {self._rel(self._wheels_path())} ({key}): " + "; ".join(drift))
+            requirements = self.repo_dir / ".git" / "dagster-nix-builder-requirements.txt"
+            requirements.write_text("".join(f"{spec}\n" for spec in source_requirements(tree)))
+            try:
+                self._regenerate_lock(version, requirements=requirements)
+            finally:
+                requirements.unlink(missing_ok=True)
+            relocked = True
+            key, drift = lock_drift(tree, json.loads(self._wheels_path().read_text()), python, os.uname().machine)
         if drift:
             raise UpdateError(
                 UpdateStep.LOCK,
-                f"the source at {rev} requires what {self._rel(self._wheels_path())} does not lock for {key}; "
-                f"the lock is resolved from a Dagster release, and {self._rel(self._lock_script())} cannot yet "
-                "resolve it from the source's own requirements, so it is not regenerated",
+                f"the source at {rev} requires what {self._rel(self._wheels_path())} does not lock for {key}"
+                + (f", even after {self._rel(self._lock_script())} resolved the source's own requirements"
+                   if relocked else ""),
                 drift,
             )
-        self.log(f"the source's requirements are all in the wheel lock ({key})")
+        self.log(f"{'regenerated' if relocked else 'checked'} {self._rel(self._wheels_path())}: the source's "
+                 f"requirements are all locked ({key})")
 
     def _build_downstream(self, mode: str) -> dict[str, tuple[str, ...]]:
         drvs = self._drv_paths(mode)
@@ -983,6 +998,17 @@ class Updater:
             "--no-link", "--keep-going", *(["--json"] if json_out else []), *attrs,
         ]  # fmt: skip
         return self._sh(cmd, env=self._env(pins), timeout=self.settings.timeout_seconds)
+
+
+def source_requirements(tree: Path) -> list[str]:
+    """`[project].dependencies` of the five packages' `pyproject.toml` in `tree`, without the five themselves."""
+    specs: list[str] = []
+    for directory in SOURCE_LAYOUT.values():
+        pyproject = tree / directory / "pyproject.toml"
+        if pyproject.is_file():
+            project = tomllib.loads(pyproject.read_text()).get("project", {})
+            specs += [s for s in project.get("dependencies", []) if canonicalize_name(Requirement(s).name) not in SOURCE_LAYOUT]
+    return list(dict.fromkeys(specs))
 
 
 def lock_drift(tree: Path, lock: Mapping[str, Any], python: str, machine: str) -> tuple[str, list[str]]:

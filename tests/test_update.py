@@ -562,3 +562,30 @@ def test_git_mode_refuses_a_source_whose_requirements_the_wheel_lock_lacks(fresh
         "python_modules/dagster: pyyaml>=99 (the lock has 6.0.2)",
     ]
     assert_untouched(project, before, head)
+
+
+@pytest.mark.slow
+def test_git_mode_relocks_when_the_source_drifted_from_the_wheel_lock(fresh: dict) -> None:
+    """A source that wants click<8.2 (the lock has 8.5.1): lock.py resolves the source's own requirements
+    for this machine's target, through the user's pip configuration, and the update commits both files."""
+    pyproject = '[project]\nname = "dagster"\ndependencies = [\n  "click>=7,<8.2",\n  "dagster-shared==1.2.3",\n]\n'
+    rev = fresh["upstream"].push({"python_modules/dagster/pyproject.toml": pyproject}, "an older click")
+    project = make_project(fresh["root"], fresh["upstream"])
+    (project / "nix" / "bootstrap").mkdir(exist_ok=True)
+    for name in ("lock.py", "wheels.json"):
+        shutil.copy(REPO_NIX / "bootstrap" / name, project / "nix" / "bootstrap" / name)
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "the real wheel lock and its script")
+    python = subprocess.run(["/usr/bin/python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                            capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    target = f"{python}-{os.uname().machine}-linux"
+
+    result = update(settings(project, lock_targets=[target]), source="git")
+
+    assert result.new == rev
+    assert set(result.changed_files) == {"nix/pins.json", "nix/bootstrap/wheels.json"}
+    lock = json.loads((project / "nix" / "bootstrap" / "wheels.json").read_text())
+    click = lock["targets"][target]["wheels"]["click"]["version"]
+    assert tuple(int(n) for n in click.split(".")[:2]) < (8, 2), click
+    assert lock["dagster"] == "1.2.3"  # labelled with the source's version
+    assert git(project, "status", "--porcelain") == ""
