@@ -331,3 +331,18 @@ def test_release_sdists_match_the_pins(tmp_path: Path):
              "--no-out-link"],
             capture_output=True, text=True, env=NIX_ENV, check=True).stdout.strip()
         assert sri(Path(sdist).read_bytes()) == expected
+
+
+def test_an_interpreter_without_a_lock_or_missing_fails_at_evaluation_naming_the_fix():
+    def evaluate(args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["nix-instantiate", "--eval", "-E", f"(import {NIX_DIR}/bootstrap {{ {args} }}).python3.drvPath"],
+                              capture_output=True, text=True, env=NIX_ENV, check=False)
+
+    unlocked = evaluate('hostPythonVersion = "3.9";')
+    assert unlocked.returncode != 0
+    assert "nix/bootstrap/wheels.json has no lock for Python 3.9 on " in unlocked.stderr
+    assert "nix/bootstrap/lock.py --dagster-version " in unlocked.stderr and "--target 3.9-" in unlocked.stderr
+    missing = evaluate('hostPython = "/nonexistent/bin/python3.12";')
+    assert missing.returncode != 0
+    assert "the interpreter /nonexistent/bin/python3.12 does not exist; pass --argstr hostPython" in missing.stderr
+    assert evaluate("").returncode == 0  # this machine's /usr/bin/python3 is found out and locked
