@@ -34,7 +34,6 @@ from .log_format import (
     PlainLine,
     parse_line,
 )
-from .nix_output import parse_build_json
 
 if TYPE_CHECKING:
     from dagster import AssetExecutionContext, AssetKey, MaterializeResult
@@ -387,15 +386,6 @@ class NixBuildInvocation:
     def wait(self) -> list[PackageOutcome]:
         """Consume the build to the end; return all outcomes (no exception for failures)."""
         return list(self.outcomes())
-
-    @property
-    def build_json(self) -> dict[str, dict[str, str]]:
-        """What ``nix build --json`` printed on stdout, as ``{drv path: {output: store path}}`` (empty if
-        the build failed)."""
-        try:
-            return parse_build_json(self.stdout)
-        except ValueError:
-            return {}
 
     # ---- Dagster ---------------------------------------------------------------------------------
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-PINS_RELATIVE_PATH = Path("nix") / "pins.json"
 """Where the pin file lives inside the repository."""
 
 RELEASE_PACKAGES: tuple[str, ...] = (

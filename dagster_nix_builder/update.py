@@ -1125,8 +1125,3 @@ def update(
     if mode == "git":
         return updater.update_git(rev, url=url, branch=branch, switch=source is not None)
     return updater.update_release(version, switch=source is not None)
-
-
-def file_digest(path: Path | str) -> str:
-    """sha256 of a file's bytes (tests and logs compare files with it)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
