@@ -54,5 +54,5 @@ for world in $worlds; do
     [[ -n $line ]] || failed=$((failed + 1))  # a world that ended before pytest reported counts as a failure
   fi
 done
-echo "all worlds: $passed passed, $failed failed, $skipped skipped"
+echo "total: $passed passed, $failed failed, $skipped skipped"
 exit "$rc"
