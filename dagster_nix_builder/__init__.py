@@ -1,6 +1,7 @@
 """dagster-nix-builder: every package of a Nix package set a Dagster asset, every build a materialization."""
 
 from .assets import nix_assets
+from .build import NixBuild, PackageOutcome, Target, TestOutcome
 from .errors import (
     NixBuilderError,
     NixBuildError,
@@ -11,17 +12,18 @@ from .errors import (
     NixNotFoundError,
     NixPackageSetError,
 )
-from .graph import NixPackage, NixPackageGraph, load_package_graph
-from .invocation import NixBuildInvocation, PackageOutcome
+from .graph import NixPackage, NixPackageGraph, NixTest, load_package_graph
+from .nix_cli import NixCli
 from .resource import NixResource
 from .translator import DagsterNixTranslator, DagsterNixTranslatorSettings
 
 __all__ = [
     "DagsterNixTranslator",
     "DagsterNixTranslatorSettings",
+    "NixBuild",
     "NixBuildError",
-    "NixBuildInvocation",
     "NixBuilderError",
+    "NixCli",
     "NixCommandError",
     "NixConfigError",
     "NixDependencyCycleError",
@@ -31,7 +33,10 @@ __all__ = [
     "NixPackageGraph",
     "NixPackageSetError",
     "NixResource",
+    "NixTest",
     "PackageOutcome",
+    "Target",
+    "TestOutcome",
     "load_package_graph",
     "nix_assets",
 ]

@@ -3,13 +3,13 @@
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from dagster import AssetExecutionContext, AssetsDefinition, multi_asset
+from dagster import AssetCheckSpec, AssetExecutionContext, AssetKey, AssetsDefinition, multi_asset
 
-from .checks import check_specs_for
 from .errors import NixPackageSetError
-from .graph import NixPackageGraph
+from .graph import NixPackage, NixPackageGraph
 from .resource import NixResource
 from .translator import DagsterNixTranslator
 
@@ -35,6 +35,21 @@ def validate_package_names(graph: NixPackageGraph) -> None:
         )
 
 
+def check_specs_for(package: NixPackage, asset_key: AssetKey) -> list[AssetCheckSpec]:
+    """One check per derivation of the package's ``passthru.tests``: a test added to an expression is a
+    check, with no Python. Blocking tests keep the packages downstream from being materialized."""
+    return [
+        AssetCheckSpec(
+            name,
+            asset=asset_key,
+            blocking=test.blocking,
+            description=(test.description or f"passthru.tests.{name} of {package.file or package.attr} builds")
+            + f" (the derivation {Path(test.drv_path).name}).",
+        )
+        for name, test in sorted(package.tests.items())
+    ]
+
+
 def nix_assets(
     graph: NixPackageGraph,
     *,
@@ -45,8 +60,8 @@ def nix_assets(
 ) -> AssetsDefinition:
     """Build one multi-asset with a spec per package of ``graph`` (edges from Nix) and its checks.
 
-    Materializing any subset runs one ``nix build`` of the selected packages through the ``nix``
-    resource (:class:`NixResource`).
+    Materializing any subset runs one ``nix build`` of the selected packages and tests through the ``nix``
+    resource (:class:`NixResource`); each test of ``passthru.tests`` is a check.
 
     Args:
         graph: the package graph, e.g. ``NixResource(...).load_graph()``.
@@ -78,6 +93,6 @@ def nix_assets(
         compute_kind=None,
     )
     def _nix_assets(context: AssetExecutionContext, nix: NixResource):
-        yield from nix.build(context=context).stream()
+        yield from nix.stream(context)
 
     return _nix_assets

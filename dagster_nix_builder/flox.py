@@ -11,17 +11,18 @@ nixpkgs' ``callPackage``, in a scope of nixpkgs extended with the other packages
   by git, as Flox requires;
 * builds the command lines (:func:`flox_build_command`, :func:`flox_init_command`) from validated package
   names, as argument lists;
-* runs them through :class:`FloxResource`, a :class:`NixResource` whose ``build()`` runs Flox.
+* runs them through :class:`FloxResource`, a :class:`NixResource` whose ``stream()`` runs Flox.
 
-Integration hook: the assets of :func:`dagster_nix_builder.nix_assets` call ``nix.build(context=context)
-.stream()`` on the resource bound to ``nix``. :class:`FloxResource` subclasses :class:`NixResource` and
-overrides only that method, so switching backend is a resource swap, with no change to the core::
+Integration hook: the assets of :func:`dagster_nix_builder.nix_assets` call ``nix.stream(context)`` on the
+resource bound to ``nix``. :class:`FloxResource` subclasses :class:`NixResource` and overrides it (and
+``build``), so switching backend is a resource swap, with no change to the core::
 
     Definitions(assets=[nix_assets(graph)], resources={"nix": FloxResource(nix_dir="nix")})
 
 The package graph still comes from Nix (``load_graph()``; Flox ships Nix). Results are the same as the
 Nix backend's where Flox allows: one :class:`PackageOutcome` and one materialization per package, with the
-same metadata (store paths from Flox's out-links, derivation, sizes, wheel), the same checks and the same
+same metadata (store paths from Flox's out-links, derivation, sizes, wheel), the same checks (the tests are
+Nix derivations, built by Nix after Flox) and the same
 ``result-<attr>`` GC roots in ``out_link_dir``. What differs: Flox prints no structured log, so packages
 are reported when ``flox build`` exits rather than as each finishes, and ``built_now`` is judged by
 whether the out-link changed.
@@ -31,30 +32,27 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import time
 from collections import deque
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from dagster import AssetExecutionContext
 from pydantic import Field, field_validator
 
 from . import processes
-from .errors import NixBuilderError, NixBuildError, NixCommandError, NixPackageSetError
+from .build import NixBuild, Outcome, PackageOutcome, Target
+from .errors import NixBuilderError, NixPackageSetError
 from .graph import NixPackage, NixPackageGraph
-from .invocation import PackageOutcome, materialize_result, requested_attrs, selected_attrs
+from .nix_cli import NixCli, describe
 from .resource import NixResource
-
-if TYPE_CHECKING:
-    from dagster import AssetExecutionContext, MaterializeResult
+from .results import Result, selected_targets, stream
 
 FLOX_NOT_INSTALLED = "flox CLI not installed"
 LOG_TAIL_LINES = 40
-TERMINATE_TIMEOUT_S = 10.0
 
 # A package name Flox derives from `.flox/pkgs/<name>.nix` and that is a plain Nix identifier, so it is
 # also a callPackage argument name. Nothing that could be read as an option, a path, a flake reference
@@ -179,11 +177,124 @@ def prepare_layout(nix_dir: str | os.PathLike[str], project_dir: str | os.PathLi
     return layout
 
 
-class FloxResource(NixResource):
-    """The Nix resource with a Flox backend: ``build()`` runs ``flox build`` instead of ``nix build``.
+class FloxBuild:
+    """A running ``flox build``: its log goes to the compute log, its outcomes come when it exits. The same
+    protocol as :class:`~dagster_nix_builder.build.NixBuild` (``start``, ``outcomes``, ``wait``,
+    ``terminate``), so :func:`~dagster_nix_builder.results.stream` reports it the same way."""
 
-    Everything else (the package graph, store queries, out-link roots) is inherited from
-    :class:`NixResource` and still uses Nix, which Flox installs alongside itself.
+    def __init__(
+        self,
+        cli: NixCli,
+        graph: NixPackageGraph,
+        attrs: Sequence[str],
+        layout: FloxLayout,
+        flox: str,
+        *,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        missing = [a for a in attrs if a not in layout.packages]
+        if missing:
+            raise NixPackageSetError(
+                f"Package(s) {', '.join(map(repr, missing))} have no packages/<attr>.nix to give Flox"
+            )
+        self.cli = cli
+        self.graph = graph
+        self.layout = layout
+        self.attrs = graph.topological_order(validate_package_names(attrs, known=graph.packages))
+        self.command = flox_build_command(flox, layout.project_dir, self.attrs)
+        self.returncode: int | None = None
+        self.log_tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log = log or (lambda message: print(message, flush=True))
+        self._before: dict[Path, str | None] = {}
+        self._started = 0.0
+
+    def _links(self, attr: str) -> dict[str, Path]:
+        outputs = self.graph[attr].outputs or {"out": ""}
+        return {output: self.layout.result_link(attr, output) for output in outputs}
+
+    def start(self) -> FloxBuild:
+        """Start ``flox build``; returns self."""
+        for attr in self.attrs:
+            for link in self._links(attr).values():
+                self._before[link] = os.readlink(link) if link.is_symlink() else None
+        self._log(f"Running: {describe(self.command)}")
+        self._started = time.monotonic()
+        self.process = processes.popen(
+            self.command,
+            cwd=self.layout.project_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=self.cli.subprocess_env(),
+            start_new_session=True,  # own process group, so a cancel reaches flox and its nix
+        )
+        return self
+
+    def terminate(self) -> None:
+        """Stop Flox: SIGTERM to its process group, wait, then SIGKILL."""
+        if self.process is not None and self.process.poll() is None:
+            self.returncode = processes.stop_group(self.process)
+
+    def _read_log(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        try:
+            for raw in iter(self.process.stdout.readline, b""):
+                line = raw.decode("utf-8", errors="replace").rstrip("\n")
+                self.log_tail.append(line)
+                print(f"[flox] {line}", flush=True)  # the compute log, like the Nix backend's build output
+            self.returncode = self.process.wait()
+        finally:
+            self.terminate()  # interrupted (run cancelled, generator closed): never leave flox behind
+
+    def _package_from_links(self, attr: str) -> NixPackage | None:
+        """The package as Flox built it: outputs read from the out-links, derivation from the store."""
+        package = self.graph[attr]
+        links = self._links(attr)
+        out = links["out"] if "out" in links else next(iter(links.values()))
+        if not out.is_symlink() or not os.path.exists(out):
+            return None
+        out_path = os.path.realpath(out)
+        deriver = self.cli.run(self.cli.store_command("--query", "--deriver", out_path)).stdout.strip()
+        outputs = {"out": out_path} if "out" in links else {next(iter(links)): out_path}
+        drv_path = deriver if deriver.endswith(".drv") and os.path.exists(deriver) else None
+        if drv_path:
+            shown = self.cli.show_derivations([drv_path])
+            derivation = shown.get(drv_path) or next(iter(shown.values()))
+            outputs = dict(derivation.outputs)
+            if out_path not in outputs.values():  # not what the link says: trust the link
+                outputs = {"out": out_path}
+        return replace(package, outputs=outputs, drv_path=drv_path or package.drv_path)
+
+    def outcomes(self) -> Iterator[PackageOutcome]:
+        """Per-package outcomes, in dependency order, once ``flox build`` has exited."""
+        if self.process is None:
+            self.start()
+        self._read_log()
+        seconds = round(time.monotonic() - self._started, 3)
+        for attr in self.attrs:
+            built = self._package_from_links(attr)
+            if built is None:
+                reason = f"flox build exited with {self.returncode} and left no {self.layout.result_link(attr)}"
+                yield PackageOutcome(attr, self.graph[attr], "failed", reason=reason, log_tail=tuple(self.log_tail))
+                continue
+            out_link = self._links(attr).get("out") or next(iter(self._links(attr).values()))
+            changed = self._before.get(out_link) != os.readlink(out_link)
+            yield PackageOutcome(
+                attr, built, "built" if changed else "valid", built_now=changed,
+                build_seconds=seconds if changed else 0.0,
+            )  # fmt: skip
+
+    def wait(self) -> list[PackageOutcome]:
+        """Consume the build to the end; return all outcomes (no exception for failures)."""
+        return list(self.outcomes())
+
+
+class FloxResource(NixResource):
+    """The Nix resource with a Flox backend: packages are built by ``flox build`` instead of ``nix build``.
+
+    Everything else (the package graph, store queries, out-link roots, the tests of ``passthru.tests``)
+    still uses Nix, which Flox installs alongside itself.
     """
 
     flox_executable: str = Field(
@@ -219,209 +330,47 @@ class FloxResource(NixResource):
         project = Path(str(self.resolved("project_dir"))).resolve()
         project.mkdir(parents=True, exist_ok=True)
         if not (project / ".flox" / "env.json").exists():
-            self.run(flox_init_command(self.flox_path, project, str(self.resolved("environment_name"))))
+            self.cli().run(flox_init_command(self.flox_path, project, str(self.resolved("environment_name"))))
         return prepare_layout(str(self.resolved("nix_dir")), project)
 
-    def flox_build_command(self, attrs: Sequence[str]) -> list[str]:
-        """The ``flox build`` of a run."""
-        return flox_build_command(self.flox_path, Path(str(self.resolved("project_dir"))).resolve(), attrs)
+    def build(self, attrs: Sequence[str], tests: Mapping[str, Sequence[str]] | None = None) -> FloxBuild | NixBuild:
+        """Start one ``flox build`` of ``attrs`` (or, for ``tests`` alone, the ``nix build`` of them)."""
+        cli = self.cli()
+        graph = self.load_graph()
+        if tests and not attrs:
+            return NixBuild(cli, graph, [Target(a, t) for a, names in tests.items() for t in names]).start()
+        if tests:
+            raise FloxPackageError("Flox builds packages; build their tests separately (tests= alone).")
+        return FloxBuild(cli, graph, attrs, self.prepare(), self.flox_path).start()
 
-    def build(  # the backend hook: nix_assets calls nix.build(context=context).stream()
-        self,
-        attrs: Sequence[str] | None = None,
-        *,
-        context: AssetExecutionContext | None = None,
-        graph: NixPackageGraph | None = None,
-    ) -> FloxBuildInvocation:  # type: ignore[override]
-        """Start one ``flox build`` of ``attrs`` (default: the assets selected in ``context``).
+    def stream(self, context: AssetExecutionContext) -> Iterator[Result]:
+        """``flox build`` of the selected packages, then ``nix build`` of the selected tests; the same
+        results as the Nix backend's (packages reported when Flox exits)."""
+        cli = self.cli()
+        graph = self.load_graph()
+        targets, keys = selected_targets(context, graph)
+        attrs = [t.attr for t in targets if t.test is None]
+        tests = [t for t in targets if t.test is not None]
+        flox = FloxBuild(cli, graph, attrs, self.prepare(), self.flox_path, log=context.log.info) if attrs else None
+        builds: list[FloxBuild | NixBuild] = [flox] if flox else []
 
-        Use as ``yield from flox.build(context=context).stream()``.
-        """
-        return FloxBuildInvocation.start(self, attrs, context=context, graph=graph)
+        def outcomes() -> Iterator[Outcome]:
+            if flox is not None:
+                yield from flox.outcomes()
+            if tests:
+                builds.append(NixBuild(cli, graph, tests, log=context.log.info))
+                yield from builds[-1].outcomes()
 
-
-class FloxBuildInvocation:
-    """A running ``flox build``: its log goes to the compute log, its outcomes come when it exits."""
-
-    def __init__(
-        self,
-        flox: FloxResource,
-        graph: NixPackageGraph,
-        attrs: Sequence[str],
-        layout: FloxLayout,
-        *,
-        context: AssetExecutionContext | None = None,
-    ) -> None:
-        self.flox = flox
-        self.graph = graph
-        self.layout = layout
-        self.attrs = graph.topological_order(validate_package_names(attrs, known=graph.packages))
-        self.context = context
-        self.command = flox.flox_build_command(self.attrs)
-        self.returncode: int | None = None
-        self.log_tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
-        self.process: subprocess.Popen[bytes] | None = None
-        self._before: dict[Path, str | None] = {}
-        self._outcomes: dict[str, PackageOutcome] = {}
-        self._started = 0.0
-
-    @classmethod
-    def start(
-        cls,
-        flox: FloxResource,
-        attrs: Sequence[str] | None = None,
-        *,
-        context: AssetExecutionContext | None = None,
-        graph: NixPackageGraph | None = None,
-    ) -> FloxBuildInvocation:
-        """Evaluate the package set with Nix, lay it out for Flox and start ``flox build``."""
-        attrs = requested_attrs(attrs, context, "FloxResource")
-        graph = graph or flox.load_graph()
-        layout = flox.prepare()
-        missing = [a for a in attrs if a not in layout.packages]
-        if missing:
-            raise NixPackageSetError(
-                f"Package(s) {', '.join(map(repr, missing))} have no packages/<attr>.nix to give Flox"
-            )
-        invocation = cls(flox, graph, attrs, layout, context=context)
-        invocation._spawn()
-        return invocation
-
-    def _log(self, message: str) -> None:
-        if self.context is not None:
-            self.context.log.info(message)
-        else:
-            print(message, flush=True)
-
-    def _links(self, attr: str) -> dict[str, Path]:
-        outputs = self.graph[attr].outputs or {"out": ""}
-        return {output: self.layout.result_link(attr, output) for output in outputs}
-
-    def _spawn(self) -> None:
-        for attr in self.attrs:
-            for link in self._links(attr).values():
-                self._before[link] = os.readlink(link) if link.is_symlink() else None
-        self._log(f"Running: {shlex.join(self.command)}")
-        self._started = time.monotonic()
-        self.process = processes.popen(
-            self.command,
-            cwd=self.layout.project_dir,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=self.flox.subprocess_env(),
-            start_new_session=True,  # own process group, so a cancel reaches flox and its nix
-        )
-
-    def terminate(self) -> None:
-        """Stop Flox: SIGTERM to its process group, wait, then SIGKILL."""
-        if self.process is not None and self.process.poll() is None:
-            self.returncode = processes.stop_group(self.process, TERMINATE_TIMEOUT_S)
-
-    def _read_log(self) -> None:
-        assert self.process is not None and self.process.stdout is not None
         try:
-            for raw in iter(self.process.stdout.readline, b""):
-                line = raw.decode("utf-8", errors="replace").rstrip("\n")
-                self.log_tail.append(line)
-                print(f"[flox] {line}", flush=True)  # the compute log, like the Nix backend's build output
-            self.returncode = self.process.wait()
+            yield from stream(cli, graph, targets, keys, outcomes(), context.log.info, [flox.command] if flox else [])
         finally:
-            self.terminate()  # interrupted (run cancelled, generator closed): never leave flox behind
-
-    def _package_from_links(self, attr: str) -> NixPackage | None:
-        """The package as Flox built it: outputs read from the out-links, derivation from the store."""
-        package = self.graph[attr]
-        links = self._links(attr)
-        out = links["out"] if "out" in links else next(iter(links.values()))
-        if not out.is_symlink() or not os.path.exists(out):
-            return None
-        out_path = os.path.realpath(out)
-        deriver = self.flox.run(self.flox.store_command("--query", "--deriver", out_path)).stdout.strip()
-        outputs = {"out": out_path} if "out" in links else {next(iter(links)): out_path}
-        drv_path = deriver if deriver.endswith(".drv") and os.path.exists(deriver) else None
-        if drv_path:
-            shown = self.flox.show_derivations([drv_path])
-            derivation = shown.get(drv_path) or next(iter(shown.values()))
-            outputs = dict(derivation.outputs)
-            if out_path not in outputs.values():  # not what the link says: trust the link
-                outputs = {"out": out_path}
-        return replace(package, outputs=outputs, drv_path=drv_path or package.drv_path)
-
-    def outcomes(self) -> Iterator[PackageOutcome]:
-        """Per-package outcomes, in dependency order, once ``flox build`` has exited."""
-        self._read_log()
-        seconds = round(time.monotonic() - self._started, 3)
-        for attr in self.attrs:
-            built = self._package_from_links(attr)
-            if built is None:
-                reason = f"flox build exited with {self.returncode} and left no {self.layout.result_link(attr)}"
-                outcome = PackageOutcome(attr, self.graph[attr], "failed", reason=reason, log_tail=tuple(self.log_tail))
-            else:
-                out_link = self._links(attr).get("out") or next(iter(self._links(attr).values()))
-                changed = self._before.get(out_link) != os.readlink(out_link)
-                outcome = PackageOutcome(
-                    attr, built, "built" if changed else "valid", built_now=changed,
-                    build_seconds=seconds if changed else 0.0,
-                )
-            self._outcomes[attr] = outcome
-            yield outcome
-
-    def wait(self) -> list[PackageOutcome]:
-        """Consume the build to the end; return all outcomes (no exception for failures)."""
-        return list(self.outcomes())
-
-    def stream(self) -> Iterator[MaterializeResult]:
-        """Dagster results in dependency order, as the Nix backend's ``stream()``: checks run on each
-        package, a failing ``imports`` check blocks its downstream, and it raises at the end if anything
-        failed or was blocked."""
-        from .checks import run_checks
-
-        keys = dict(selected_attrs(self.context)) if self.context is not None else {}
-        outcomes = {o.attr: o for o in self.outcomes()}
-        packages = dict(self.graph.packages)
-        packages.update({a: o.package for a, o in outcomes.items() if o.ok})
-        graph = NixPackageGraph(nix_dir=self.graph.nix_dir, packages=packages)
-        selected = set(self.attrs)
-        failures: dict[str, str] = {}
-        out_dir = Path(str(self.flox.resolved("out_link_dir"))).resolve()
-        for attr in self.attrs:
-            if attr in failures:  # blocked by a failed imports check upstream
-                continue
-            outcome = outcomes[attr]
-            broken = sorted(u for u in graph.upstream(attr) & selected if u in failures)
-            if not outcome.ok:
-                failures[attr] = (outcome.reason or "failed") + "".join(f"\n    {line}" for line in outcome.log_tail)
-                continue
-            if broken:
-                failures[attr] = f"not reported: dependency {', '.join(broken)} failed"
-                continue
-            for output, path in outcome.package.outputs.items():
-                suffix = "" if output == "out" else f"-{output}"
-                self.flox.add_root(out_dir / f"result-{attr}{suffix}", path)
-            checks = run_checks(self.flox, graph, outcome, keys.get(attr), self.context)
-            yield materialize_result(self.flox, graph, outcome, keys.get(attr), checks)
-            for result in checks:
-                if result.check_name == "imports" and not result.passed:
-                    failures[f"{attr} (imports check)"] = str(result.description or "imports check failed")
-                    for down in graph.downstream(attr) & selected:
-                        failures.setdefault(down, f"not materialized: the imports check of {attr} failed")
-        self.raise_for_failures(failures)
-
-    def raise_for_failures(self, failures: dict[str, str] | None = None) -> None:
-        """Raise :class:`NixBuildError` if packages failed, :class:`NixCommandError` if Flox failed."""
-        failures = failures if failures is not None else {
-            a: o.reason or "failed" for a, o in self._outcomes.items() if not o.ok
-        }
-        if failures:
-            raise NixBuildError(self.command, self.returncode, list(self.log_tail)[-5:], failures)
-        if self.returncode not in (0, None):
-            raise NixCommandError(self.command, self.returncode, list(self.log_tail)[-5:])
+            for build in builds:
+                build.terminate()
 
 
 __all__ = [
     "FLOX_NOT_INSTALLED",
-    "FloxBuildInvocation",
+    "FloxBuild",
     "FloxLayout",
     "FloxNotFoundError",
     "FloxPackageError",

@@ -4,24 +4,45 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from . import processes
 from .errors import NixDependencyCycleError, NixEvalError, NixPackageSetError
 from .log_format import error_messages
+from .nix_cli import NixCli
 
-if TYPE_CHECKING:
-    from .resource import NixResource
+# A test's name is the name of its Dagster asset check.
+TEST_NAME = re.compile(r"[A-Za-z0-9_]+")
+
+
+class HasNixCli(Protocol):
+    """Anything that says how to run Nix, e.g. the Dagster resource."""
+
+    def cli(self) -> NixCli: ...
 
 
 def store_hash(store_path: str) -> str:
     """The 32-character hash part of a store path (``/nix/store/<hash>-name``)."""
     return Path(store_path).name.split("-", 1)[0]
+
+
+@dataclass(frozen=True)
+class NixTest:
+    """One derivation of a package's ``passthru.tests``: its Dagster asset check. It passes when its
+    output is valid, so Nix caches it by store path like any build."""
+
+    name: str
+    drv_path: str
+    out_path: str
+    blocking: bool = False
+    """Whether packages downstream are unusable when it fails (they are then not materialized)."""
+    description: str | None = None
 
 
 @dataclass(frozen=True)
@@ -38,6 +59,8 @@ class NixPackage:
     description: str | None = None
     main_program: str | None = None
     executables: tuple[str, ...] | None = None
+    tests: Mapping[str, NixTest] = field(default_factory=dict)
+    """The package's ``passthru.tests`` by name."""
     eval_error: str | None = None
     """Why the package's derivation failed to evaluate (then ``drv_path`` and ``outputs`` are a stand-in
     that is never valid, so building the package fails with Nix's error); None when it evaluates."""
@@ -151,7 +174,7 @@ def _eval_error(command: Sequence[str], proc: subprocess.CompletedProcess[str]) 
     )
 
 
-def _evaluate(nix: NixResource, nix_dir: str, with_info: bool, only: str = "") -> dict:
+def _evaluate(nix: NixCli, nix_dir: str, with_info: bool, only: str = "") -> dict:
     command = nix.instantiate_command(
         "--eval",
         "--json",
@@ -174,17 +197,21 @@ def _evaluate(nix: NixResource, nix_dir: str, with_info: bool, only: str = "") -
     return json.loads(proc.stdout)
 
 
-def load_package_graph(nix: NixResource) -> NixPackageGraph:
+def load_package_graph(nix: NixCli | HasNixCli) -> NixPackageGraph:
     """Evaluate the package set of ``nix.nix_dir`` and return its graph.
 
     Raises:
-        NixPackageSetError: the directory has no ``default.nix``.
+        NixPackageSetError: the directory has no ``default.nix``, a JSON file it reads is invalid (names
+            file and line), or a test's name cannot be a check name (names the file).
         NixEvalError: Nix failed to evaluate (names file and line for syntax errors).
         NixDependencyCycleError: the packages' formal arguments form a cycle.
         NixVersionError: the Nix is older than the oldest supported.
     """
+    if not isinstance(nix, NixCli):
+        nix = nix.cli()
     nix.nix_version()  # fail first, and clearly, on a Nix too old for what follows
-    nix_dir = str(Path(nix.resolved("nix_dir")).resolve())
+    nix_dir = nix.package_dir
+    nix.check_json_inputs()
     if not (Path(nix_dir) / "default.nix").is_file():
         raise NixPackageSetError(f"No default.nix in Nix package-set directory {nix_dir!r}.")
     try:
@@ -205,7 +232,7 @@ def load_package_graph(nix: NixResource) -> NixPackageGraph:
     return NixPackageGraph(nix_dir=nix_dir, packages=packages)
 
 
-def _eval_error_of(nix: NixResource, nix_dir: str, attr: str) -> str:
+def _eval_error_of(nix: NixCli, nix_dir: str, attr: str) -> str:
     """Nix's error for one package whose evaluation graph.nix caught (``tryEval`` hides the message)."""
     try:
         _evaluate(nix, nix_dir, with_info=True, only=attr)
@@ -230,5 +257,25 @@ def _packages(data: Mapping[str, Mapping]) -> dict[str, NixPackage]:
             description=info.get("description"),
             main_program=info.get("mainProgram"),
             executables=tuple(executables) if isinstance(executables, list) else None,
+            tests=_tests(attr, info),
         )
     return packages
+
+
+def _tests(attr: str, info: Mapping) -> dict[str, NixTest]:
+    tests = {}
+    for name, test in sorted((info.get("tests") or {}).items()):
+        if not TEST_NAME.fullmatch(name):
+            fixed = re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_") or "test"
+            raise NixPackageSetError(
+                f"{info.get('file') or attr}: passthru.tests.{name} cannot be a check name: it must be letters, "
+                f"digits and '_' ([A-Za-z0-9_]+), since it names the Dagster asset check. Rename it, e.g. to {fixed}."
+            )
+        tests[name] = NixTest(
+            name=name,
+            drv_path=test["drvPath"],
+            out_path=test["outPath"],
+            blocking=bool(test.get("blocking")),
+            description=test.get("description"),
+        )
+    return tests

@@ -1,64 +1,26 @@
-"""``NixResource``: the Nix CLI as a Dagster resource. Every Nix command line is built here."""
+"""``NixResource``: the Nix CLI as a Dagster resource. Nix itself is run by :mod:`.nix_cli`; this module
+only resolves the resource's configuration into a :class:`NixCli` and hands a run's selection to the build."""
 
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
-import logging
 import os
-import shlex
 import shutil
-import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
-from dagster import ConfigurableResource, EnvVar
+from dagster import AssetExecutionContext, ConfigurableResource, EnvVar
 from pydantic import Field, ValidationError, field_validator
 
-from . import processes
-from .errors import NixCommandError, NixConfigError, NixNotFoundError, NixPackageSetError
-from .log_format import error_messages
-from .nix_output import Derivation, NixVersion, parse_derivation_show, parse_path_info, parse_version
-from .nix_settings import DEFAULT_HOST_PYTHON, DEFAULT_NIX_CONFIG, nix_config_for_scope
-
-if TYPE_CHECKING:
-    from dagster import AssetExecutionContext
-
-    from .graph import NixPackageGraph
-    from .invocation import NixBuildInvocation
-
-NIX_BASE32_CHARS = "0123456789abcdfghijklmnpqrsvwxyz"
-
-# Every Nix command this package runs is logged here (DEBUG), e.g. to count them in tests.
-command_logger = logging.getLogger("dagster_nix_builder.commands")
-
-# `nix --version` per executable path: asked once per process, not once per run or package.
-_VERSIONS: dict[str, NixVersion] = {}
-
-
-def nix_base32(digest: bytes) -> str:
-    """Nix's base-32 encoding of a hash (as in store paths and ``gcroots/auto`` names)."""
-    length = (len(digest) * 8 - 1) // 5 + 1
-    chars = []
-    for n in range(length - 1, -1, -1):
-        b = n * 5
-        i, j = divmod(b, 8)
-        c = digest[i] >> j
-        if i + 1 < len(digest):
-            c |= digest[i + 1] << (8 - j)
-        chars.append(NIX_BASE32_CHARS[c & 0x1F])
-    return "".join(chars)
-
-
-def indirect_root_path(link: str | os.PathLike[str]) -> Path:
-    """Where Nix registers ``link`` as an indirect GC root: ``<state>/gcroots/auto/<base32 sha1(link)>``."""
-    state_dir = os.environ.get("NIX_STATE_DIR", "/nix/var/nix")
-    return Path(state_dir) / "gcroots" / "auto" / nix_base32(hashlib.sha1(os.fsencode(link)).digest())
+from .build import NixBuild, Target
+from .errors import NixConfigError, NixNotFoundError
+from .graph import NixPackageGraph, load_package_graph
+from .nix_cli import NixCli
+from .nix_settings import DEFAULT_NIX_CONFIG
+from .results import Result, build_and_stream
 
 
 def _find_executable(executable: str) -> str | None:
@@ -71,9 +33,10 @@ def _is_env_var(value: object) -> bool:
 
 
 class NixResource(ConfigurableResource):
-    """Runs the Nix CLI against a package-set directory.
+    """The Nix CLI against a package-set directory, as a Dagster resource: its configuration becomes a
+    :class:`~dagster_nix_builder.nix_cli.NixCli` (:meth:`cli`); :meth:`stream` builds what a run selects.
 
-    Configure it in code, from a YAML file (:meth:`from_yaml`) or through ``EnvVar``s.
+    Configure it in code, in a component's ``defs.yaml``, or through ``EnvVar``s.
     """
 
     executable: str = Field(
@@ -112,10 +75,6 @@ class NixResource(ConfigurableResource):
         default=DEFAULT_NIX_CONFIG,
         description="Value of NIX_CONFIG in the environment of every Nix command.",
     )
-    recheck: bool = Field(
-        default=False,
-        description="Run checks again even when the output path was already checked.",
-    )
 
     @field_validator("executable")
     @classmethod
@@ -126,21 +85,6 @@ class NixResource(ConfigurableResource):
         if _find_executable(value) is None:
             raise NixNotFoundError(value)
         return value
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike[str], **overrides: Any) -> NixResource:
-        """Build a resource from a YAML mapping of its fields; ``overrides`` win over the file.
-
-        A value written as ``{env: NAME}`` becomes ``EnvVar("NAME")`` (``EnvVar.int`` for the integer
-        fields), so secrets and per-machine values stay in the environment. Relative ``nix_dir`` and
-        ``out_link_dir`` are relative to the file's folder.
-
-        Raises:
-            NixConfigError: the file is missing or not valid YAML, has an unknown key or a value of the
-                wrong type; the message names the file, the line and the key.
-        """
-        config = read_config(path)
-        return cls.from_fields({**config.fields, **overrides}, config)
 
     @classmethod
     def from_fields(cls, fields: dict[str, Any], config: NixConfigFile | None = None) -> NixResource:
@@ -164,199 +108,38 @@ class NixResource(ConfigurableResource):
         value = getattr(self, name)
         return value.get_value() if _is_env_var(value) else value
 
-    # ---- command lines -------------------------------------------------------------------------
-
-    @cached_property
-    def executable_path(self) -> str:
-        """Absolute path of the nix executable; raises :class:`NixNotFoundError`."""
-        exe = str(self.resolved("executable"))
-        found = _find_executable(exe)
-        if found is None:
-            raise NixNotFoundError(exe)
-        return found
-
-    def tool_path(self, tool: str) -> str:
-        """Path of a legacy tool (``nix-instantiate``, ``nix-store``) next to the nix executable."""
-        sibling = Path(self.executable_path).parent / tool
-        if sibling.exists():
-            return str(sibling)
-        found = shutil.which(tool)
-        if found is None:
-            raise NixNotFoundError(tool)
-        return found
-
-    def subprocess_env(self) -> dict[str, str]:
-        """Environment of every Nix command: ours plus NIX_CONFIG (with the host paths the bootstrap
-        scope's builders borrow, when the package set uses it)."""
-        env = dict(os.environ)
-        args = self.package_args()
-        env["NIX_CONFIG"] = nix_config_for_scope(
-            str(self.resolved("nix_config")), args.get("scope"),
-            host_python=args.get("hostPython", DEFAULT_HOST_PYTHON), nix_instantiate=self.tool_path("nix-instantiate"),
-            nix_dir=self.resolved("nix_dir"),
-        )  # fmt: skip
-        return env
-
-    def package_args(self) -> dict[str, str]:
-        """Arguments passed to the package set's function (scope and ``nix_args``)."""
-        args: dict[str, str] = {}
-        scope = self.resolved("scope")
-        if scope:
-            args["scope"] = str(scope)
-        args.update({str(k): str(v) for k, v in (self.resolved("nix_args") or {}).items()})
-        return args
-
-    def _argstrs(self) -> list[str]:
-        out: list[str] = []
-        for key, value in self.package_args().items():
-            out += ["--argstr", key, value]
-        return out
-
-    def nix_command(self, *args: str) -> list[str]:
-        """``nix <args>`` with the structured log format (stderr is ``@nix {json}`` lines)."""
-        return [self.executable_path, "--log-format", "internal-json", "-v", *args]
-
-    def instantiate_command(self, *args: str) -> list[str]:
-        """``nix-instantiate <args>`` with the structured log format."""
-        return [self.tool_path("nix-instantiate"), "--log-format", "internal-json", *args]
-
-    def store_command(self, *args: str) -> list[str]:
-        """``nix-store <args>``."""
-        return [self.tool_path("nix-store"), *args]
-
-    def build_command(self, attrs: Sequence[str]) -> list[str]:
-        """The one ``nix build`` of a run: all ``attrs`` at once, keep going, JSON on stdout."""
-        command = self.nix_command(
-            "build", "--file", str(Path(self.resolved("nix_dir")).resolve()), *self._argstrs(),
-            "--keep-going", "--json", "--no-link",
+    def cli(self) -> NixCli:
+        """The Nix CLI this resource describes, every ``EnvVar`` resolved."""
+        return NixCli(
+            nix_dir=str(self.resolved("nix_dir")),
+            executable=str(self.resolved("executable")),
+            scope=self.resolved("scope"),
+            nix_args={str(k): str(v) for k, v in (self.resolved("nix_args") or {}).items()},
+            nix_config=str(self.resolved("nix_config")),
+            out_link_dir=str(self.resolved("out_link_dir")),
+            max_jobs=self.resolved("max_jobs"),
+            cores=self.resolved("cores"),
+            builders=self.resolved("builders"),
+            extra_options={str(k): str(v) for k, v in (self.resolved("extra_options") or {}).items()},
         )
-        if self.resolved("max_jobs") is not None:
-            command += ["--max-jobs", str(self.resolved("max_jobs"))]
-        if self.resolved("cores") is not None:
-            command += ["--cores", str(self.resolved("cores"))]
-        if self.resolved("builders"):
-            command += ["--builders", str(self.resolved("builders"))]
-        for name, value in (self.resolved("extra_options") or {}).items():
-            command += ["--option", str(name), str(value)]
-        return [*command, *attrs]
-
-    def run(self, command: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run a short Nix command to completion; on failure raise with Nix's own error messages."""
-        self.log_command(command)
-        proc = processes.run(list(command), capture_output=True, text=True, env=self.subprocess_env(), check=False)
-        if check and proc.returncode != 0:
-            raise NixCommandError(command, proc.returncode, error_messages(proc.stderr).messages)
-        return proc
-
-    def log_command(self, command: Sequence[str]) -> None:
-        """Log a Nix command about to run (DEBUG on :data:`command_logger`)."""
-        command_logger.debug("%s", shlex.join(command))
-
-    # ---- facts -----------------------------------------------------------------------------------
-
-    def nix_version(self) -> NixVersion:
-        """``nix --version`` (``str()`` gives e.g. ``nix (Nix) 2.8.0``), asked once per process and executable.
-
-        Raises:
-            NixVersionError: the Nix is older than the oldest supported (names both and the fix).
-        """
-        exe = self.executable_path
-        if exe not in _VERSIONS:
-            _VERSIONS[exe] = parse_version(self.run([exe, "--version"]).stdout, exe)
-        return _VERSIONS[exe]
-
-    def invalid_paths(self, paths: Sequence[str]) -> set[str]:
-        """The subset of ``paths`` that are not valid in the store."""
-        if not paths:
-            return set()
-        proc = self.run(self.store_command("--check-validity", "--print-invalid", *paths))
-        return set(proc.stdout.split())
-
-    def path_info(self, paths: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """``nix path-info --json -S``: narSize, closureSize, ... per valid path."""
-        if not paths:
-            return {}
-        proc = self.run(self.nix_command("path-info", *self.nix_version().path_info_json(), "-S", *paths))
-        return {path: info for path, info in parse_path_info(proc.stdout).items() if info is not None}
-
-    def show_derivations(self, installables: Sequence[str]) -> dict[str, Derivation]:
-        """``nix derivation show`` (``show-derivation`` on a Nix without it), by ``.drv`` path."""
-        proc = self.run(self.nix_command(*self.nix_version().derivation_show(), *installables))
-        return parse_derivation_show(proc.stdout)
-
-    def add_root(self, link: Path, store_path: str) -> bool:
-        """Make ``link`` an indirect GC root pointing at ``store_path``; return whether Nix was asked.
-
-        Nothing runs when ``link`` already points at ``store_path`` and Nix's indirect root for it
-        exists (so a no-op run registers nothing again).
-        """
-        if is_registered_root(link, store_path):
-            return False
-        link.parent.mkdir(parents=True, exist_ok=True)
-        self.run(self.store_command("--add-root", str(link), "--indirect", "--realise", store_path))
-        return True
 
     def load_graph(self) -> NixPackageGraph:
-        """Ask Nix for the package graph of :attr:`nix_dir`.
+        """Ask Nix for the package graph of :attr:`nix_dir` (see :func:`~dagster_nix_builder.graph.load_package_graph`)."""
+        return load_package_graph(self.cli())
 
-        Raises:
-            NixPackageSetError: a JSON file the package set reads is invalid (names file and line), or
-                :func:`~dagster_nix_builder.graph.load_package_graph`'s errors.
+    def build(self, attrs: Sequence[str], tests: Mapping[str, Sequence[str]] | None = None) -> NixBuild:
+        """Start one ``nix build`` of ``attrs`` and of ``tests`` (test names by attribute), outside Dagster.
+        Consume it with ``.outcomes()`` or ``.wait()``."""
+        targets = [Target(a) for a in attrs] + [Target(a, t) for a, names in (tests or {}).items() for t in names]
+        return NixBuild(self.cli(), self.load_graph(), targets).start()
+
+    def stream(self, context: AssetExecutionContext) -> Iterator[Result]:
+        """Build what ``context`` selects (packages and checks) with one ``nix build`` and yield its results.
+
+        The package set is evaluated again now, not when the definitions were loaded: it may have changed.
         """
-        from .graph import load_package_graph
-
-        check_json_inputs(Path(str(self.resolved("nix_dir"))))
-        return load_package_graph(self)
-
-    def build(
-        self,
-        attrs: Sequence[str] | None = None,
-        *,
-        context: AssetExecutionContext | None = None,
-        graph: NixPackageGraph | None = None,
-    ) -> NixBuildInvocation:
-        """Start one ``nix build`` of ``attrs`` (default: the assets selected in ``context``).
-
-        Use as ``yield from nix.build(context=context).stream()``.
-        """
-        from .invocation import NixBuildInvocation
-
-        return NixBuildInvocation.start(self, attrs, context=context, graph=graph)
-
-    def describe(self, command: Sequence[str]) -> str:
-        """A command as one shell-quoted string, for logs."""
-        return shlex.join(command)
-
-
-# JSON files of a package set that its Nix code reads with builtins.fromJSON, relative to nix_dir. Nix's
-# own parse error names neither the file nor the line, so they are parsed here first.
-JSON_INPUTS = ("pins.json", "bootstrap/wheels.json")
-
-
-def check_json_inputs(nix_dir: Path) -> None:
-    """Raise :class:`NixPackageSetError` naming the file, line and column of an invalid JSON input."""
-    for name in JSON_INPUTS:
-        path = nix_dir / name
-        if not path.is_file():
-            continue
-        try:
-            json.loads(path.read_bytes())
-        except json.JSONDecodeError as exc:
-            raise NixPackageSetError(
-                f"{path.resolve()}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}. The package set reads "
-                f"this file (builtins.fromJSON), so nothing evaluates until it is fixed"
-                + (" (`git diff` shows what changed)." if name == "pins.json" else ".")
-            ) from None
-        except UnicodeDecodeError as exc:
-            raise NixPackageSetError(f"{path.resolve()}: invalid JSON: not UTF-8 ({exc.reason})") from None
-
-
-def is_registered_root(link: Path, store_path: str) -> bool:
-    """Whether ``link`` points at ``store_path`` and is registered as an indirect GC root."""
-    try:
-        return os.readlink(link) == store_path and os.readlink(indirect_root_path(link)) == str(link)
-    except OSError:
-        return False
+        cli = self.cli()
+        yield from build_and_stream(cli, load_package_graph(cli), context)
 
 
 # ---- configuration file ------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ class DagsterNixTranslatorSettings:
 
     Attributes:
         enable_code_versions: set ``code_version`` to the derivation hash (stale marking in the UI).
-        enable_asset_checks: attach the ``imports``/``cli_version``/``smoke`` checks.
+        enable_asset_checks: one check per derivation of each package's ``passthru.tests``.
         group_name: asset group of every package (None: Dagster's default group).
         key_prefix: prefix of every asset key.
         automation_condition: automation condition of every package, if any.

@@ -1,0 +1,419 @@
+"""One running ``nix build`` of packages and their tests, and what became of each.
+
+The build starts a single ``nix build --keep-going --json`` of the selected packages (``<attr>``) and of
+their selected tests (``<attr>.tests.<name>``, see :class:`~dagster_nix_builder.graph.NixTest`), reads the
+``internal-json`` log on stderr line by line, and yields a :class:`PackageOutcome` or a
+:class:`TestOutcome` the moment Nix has made the outputs of one valid (or at the end, failed). Nix builds
+the tests beside the packages, caches them by store path, and runs nothing twice.
+
+No Dagster import: :mod:`.results` turns outcomes into Dagster results.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from . import processes
+from .errors import NixBuildError, NixCommandError, NixPackageSetError
+from .graph import NixPackage, NixPackageGraph, NixTest
+from .log_format import (
+    ActivityProgress,
+    ActivityStarted,
+    ActivityStopped,
+    ActivityType,
+    BuildLogLine,
+    NixLogEvent,
+    NixMessage,
+    PlainLine,
+    parse_line,
+)
+from .nix_cli import NixCli, describe
+
+LOG_TAIL_LINES = 25
+# At most this often (and after this long without a word from Nix) ask whether pending outputs became
+# valid by other means than a build of ours, e.g. another process built them.
+PROBE_INTERVAL_S = 1.0
+DRV_IN_TEXT = re.compile(r"/nix/store/[0-9a-z]{32}-[^\s'\"`]+\.drv")
+
+Status = Literal["built", "valid", "failed"]
+
+
+@dataclass(frozen=True)
+class PackageOutcome:
+    """What happened to one selected package in this build."""
+
+    attr: str
+    package: NixPackage
+    status: Status
+    built_now: bool = False
+    build_seconds: float = 0.0
+    reason: str | None = None
+    log_tail: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """Whether the package's outputs are valid now."""
+        return self.status != "failed"
+
+
+@dataclass(frozen=True)
+class TestOutcome:
+    """What happened to one selected test (a derivation of ``<attr>.tests``) in this build: it passed if
+    its output is valid (built now, or already by an earlier build of the same derivation)."""
+
+    __test__ = False  # not a pytest class
+
+    attr: str
+    test: NixTest
+    status: Status
+    built_now: bool = False
+    build_seconds: float = 0.0
+    reason: str | None = None
+    log_tail: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """Whether the test passed (its output is valid)."""
+        return self.status != "failed"
+
+
+Outcome = PackageOutcome | TestOutcome
+
+
+@dataclass(frozen=True)
+class Target:
+    """One installable of the build: a package (``test`` None) or one of its tests."""
+
+    attr: str
+    test: str | None = None
+
+    @property
+    def installable(self) -> str:
+        """The attribute path ``nix build --file <dir>`` takes."""
+        return self.attr if self.test is None else f"{self.attr}.tests.{self.test}"
+
+
+@dataclass
+class _Build:
+    drv_path: str
+    started: float
+    log: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_TAIL_LINES))
+    finished: float | None = None
+
+
+class NixBuild:
+    """A running ``nix build`` of some packages of a package set and some of their tests.
+
+    ``rebuild``: build the (already valid) targets again and compare (``--rebuild``); how a check is run
+    again. Consume it with :meth:`outcomes` (in completion order) or :meth:`wait`.
+    """
+
+    def __init__(
+        self,
+        cli: NixCli,
+        graph: NixPackageGraph,
+        targets: Sequence[Target],
+        *,
+        rebuild: bool = False,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        unknown = sorted({t.attr for t in targets if t.attr not in graph})
+        if unknown:
+            raise NixPackageSetError(
+                f"Unknown Nix package(s) {', '.join(map(repr, unknown))} in {graph.nix_dir}; "
+                f"known: {', '.join(sorted(graph))}"
+            )
+        for target in targets:
+            if target.test is not None and target.test not in graph[target.attr].tests:
+                raise NixPackageSetError(
+                    f"Package {target.attr} has no test {target.test!r} (passthru.tests of "
+                    f"{graph[target.attr].file or target.attr}: {', '.join(graph[target.attr].tests) or 'none'})"
+                )
+        self.cli = cli
+        self.graph = graph
+        order = {attr: i for i, attr in enumerate(graph.topological_order())}
+        self.targets = sorted(dict.fromkeys(targets), key=lambda t: (order[t.attr], t.test or ""))
+        self.rebuild = rebuild
+        self.command = cli.build_command([t.installable for t in self.targets], rebuild=rebuild)
+        self._log = log or _print
+        self._by_drv = {self._drv(t): t for t in self.targets}
+        self._builds: dict[str, _Build] = {}
+        self._activities: dict[int, str] = {}  # activity id -> drv path of build activities
+        self._waits: set[int] = set()  # activities waiting for a lock (another process builds)
+        self._builds_activity: int | None = None
+        self._done_count = 0
+        self._outcomes: dict[Target, Outcome] = {}
+        self.errors: list[str] = []
+        self.returncode: int | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        # Lines of stderr with the time they were read: a build is timed from when Nix said it started.
+        self._queue: queue.Queue[tuple[float, bytes] | None] = queue.Queue()
+        self._line_time = 0.0
+        self._threads: list[threading.Thread] = []
+        self._last_probe = 0.0
+
+    # ---- targets ---------------------------------------------------------------------------------
+
+    def _drv(self, target: Target) -> str:
+        package = self.graph[target.attr]
+        return (package.drv_path if target.test is None else package.tests[target.test].drv_path) or ""
+
+    def _paths(self, target: Target) -> list[str]:
+        package = self.graph[target.attr]
+        return list(package.outputs.values()) if target.test is None else [package.tests[target.test].out_path]
+
+    @property
+    def attrs(self) -> list[str]:
+        """The packages of this build, dependencies first."""
+        return [t.attr for t in self.targets if t.test is None]
+
+    # ---- starting and stopping -------------------------------------------------------------------
+
+    def start(self) -> NixBuild:
+        """Report what is valid already (unless rebuilding), then start Nix; returns self."""
+        self._log(f"Running: {describe(self.command)}")
+        if not self.rebuild:
+            for target in self._valid(self.targets):
+                self._outcomes[target] = self._outcome(target, "valid")
+        self.process = self.cli.popen(self.command)
+        self._threads = [
+            threading.Thread(target=self._read_stderr, name="nix-stderr", daemon=True),
+            threading.Thread(target=self._drain_stdout, name="nix-stdout", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def _read_stderr(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        # A reader thread keeps Nix from blocking on a full pipe while the consumer is busy.
+        for raw in iter(self.process.stderr.readline, b""):
+            self._queue.put((time.monotonic(), raw))
+        self._queue.put(None)
+
+    def _drain_stdout(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for _ in iter(lambda: self.process.stdout.read(65536), b""):  # type: ignore[union-attr]
+            pass
+
+    def terminate(self) -> None:
+        """Stop Nix: SIGTERM to its process group, wait, then SIGKILL. Nix stops its builders itself."""
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return
+        self._log(f"Stopping nix (pid {proc.pid})")
+        self.returncode = processes.stop_group(proc)
+
+    # ---- events ----------------------------------------------------------------------------------
+
+    def _events(self, idle: float | None = None) -> Iterator[NixLogEvent | None]:
+        """Parsed stderr events, plus ``None`` after each ``idle`` seconds without a line from Nix."""
+        try:
+            while True:
+                try:
+                    item = self._queue.get(timeout=idle)
+                except queue.Empty:
+                    yield None
+                    continue
+                if item is None:
+                    break
+                self._line_time, raw = item
+                event = parse_line(raw)
+                self._log_event(event)
+                yield event
+            assert self.process is not None
+            self.returncode = self.process.wait()
+            for thread in self._threads:
+                thread.join()
+        finally:
+            # Interrupted (run cancelled, generator closed, exception): never leave Nix behind.
+            self.terminate()
+
+    def _log_event(self, event: NixLogEvent) -> None:
+        if isinstance(event, BuildLogLine):
+            build = self._builds.get(self._activities.get(event.id, ""))
+            target = self._by_drv.get(build.drv_path) if build else None
+            name = (target.installable if target else Path(build.drv_path).name) if build else "nix"
+            # Build output goes to the compute log (stdout), not the event log: it can be long.
+            print(f"[{name}] {event.line}", flush=True)
+        elif isinstance(event, NixMessage):
+            if event.is_error:
+                self.errors.append(event.msg)
+                print(event.msg, file=sys.stderr, flush=True)
+            elif event.level <= 3:
+                print(event.msg, flush=True)
+        elif isinstance(event, PlainLine) and event.text.strip():
+            print(event.text, file=sys.stderr, flush=True)
+
+    def outcomes(self) -> Iterator[Outcome]:
+        """Per-target outcomes: already-valid targets first, then each as its build finishes, then (after
+        Nix exits) everything else. Does not raise for failures."""
+        if self.process is None:
+            self.start()
+        yield from list(self._outcomes.values())
+        for event in self._events(idle=PROBE_INTERVAL_S):
+            yield from self.handle(event)
+        yield from self._finish()
+
+    def handle(self, event: NixLogEvent | None) -> Iterator[Outcome]:
+        """Feed one event (None: a quiet while); yields the outcomes it settles. Public for replays."""
+        probe = False
+        # Ticks that may mean another process finished a target we wait for: progress of the builds
+        # activity, the end of a wait for a lock, or a quiet while. Probed at most every PROBE_INTERVAL_S.
+        tick = event is None or (isinstance(event, ActivityProgress) and event.id == self._builds_activity) or (
+            isinstance(event, ActivityStopped) and event.id in self._waits
+        )
+        if isinstance(event, ActivityStarted):
+            if event.type == ActivityType.BUILDS:
+                self._builds_activity = event.id
+            elif event.type == ActivityType.BUILD_WAITING:
+                self._waits.add(event.id)
+            elif event.drv_path:
+                self._activities[event.id] = event.drv_path
+                self._builds[event.drv_path] = _Build(event.drv_path, self._line_time)
+                target = self._by_drv.get(event.drv_path)
+                if target is not None:
+                    self._log(f"Building {target.installable}: {event.drv_path}")
+        elif isinstance(event, BuildLogLine):
+            build = self._builds.get(self._activities.get(event.id, ""))
+            if build is not None:
+                build.log.append(event.line)
+        elif isinstance(event, ActivityProgress) and event.id == self._builds_activity:
+            # Nix 2.8 stops build activities only at the very end; a rising "done" count is the first
+            # structured sign that some build finished, so then look which outputs became valid.
+            probe = event.done > self._done_count
+            self._done_count = event.done
+        elif isinstance(event, ActivityStopped) and event.id in self._activities:
+            probe = True
+        if not self.rebuild and (probe or (tick and time.monotonic() - self._last_probe >= PROBE_INTERVAL_S)):
+            yield from self._probe()
+
+    def _probe(self) -> Iterator[Outcome]:
+        """Report every pending target whose outputs are valid now (one Nix call), also those this
+        process did not build: another process may have built them meanwhile."""
+        pending = [t for t in self.targets if t not in self._outcomes]
+        self._last_probe = time.monotonic()
+        if not pending:
+            return
+        valid = self._valid(pending)
+        # Nix logs a build's start before its outputs become valid, and the reader thread has queued that
+        # line by the time our query returns. So, with nothing queued, a valid target not seen building
+        # was not built by this nix; with lines still queued, it may have been: decide at the next probe.
+        caught_up = self._queue.empty()
+        now = time.monotonic()
+        for target in pending:
+            if target not in valid:
+                continue
+            build = self._builds.get(self._drv(target))
+            if build is None and not caught_up:
+                self._last_probe = 0.0
+                continue
+            if build is not None:
+                build.finished = now
+            yield self._record(target, "built" if build is not None else "valid")
+
+    def _valid(self, targets: Sequence[Target]) -> set[Target]:
+        invalid = self.cli.invalid_paths([p for t in targets for p in self._paths(t)])
+        return {t for t in targets if not invalid.intersection(self._paths(t))}
+
+    def _outcome(self, target: Target, status: Status, reason: str | None = None, tail: Sequence[str] = ()) -> Outcome:
+        build = self._builds.get(self._drv(target))
+        seconds = round(((build.finished or time.monotonic()) - build.started) if build else 0.0, 3)
+        built_now = build is not None
+        if target.test is None:
+            return PackageOutcome(target.attr, self.graph[target.attr], status, built_now, seconds, reason, tuple(tail))
+        test = self.graph[target.attr].tests[target.test]
+        return TestOutcome(target.attr, test, status, built_now, seconds, reason, tuple(tail))
+
+    def _record(self, target: Target, status: Status, reason: str | None = None, tail: Sequence[str] = ()) -> Outcome:
+        outcome = self._outcome(target, status, reason, tail)
+        self._outcomes[target] = outcome
+        return outcome
+
+    def _finish(self) -> Iterator[Outcome]:
+        rest = [t for t in self.targets if t not in self._outcomes]
+        if not rest:
+            return
+        if self.rebuild:
+            # The outputs stay valid whatever the rebuild found: Nix's error messages name what failed.
+            named = {drv for message in self.errors for drv in DRV_IN_TEXT.findall(message)}
+            for target in rest:
+                if self._drv(target) in named:
+                    yield self._record(target, "failed", *self._failure_of(self._drv(target)))
+                elif self.returncode == 0 or self._drv(target) in self._builds:
+                    yield self._record(target, "built")
+                else:
+                    yield self._record(target, "failed", f"not rebuilt; Nix said: {self._said()}")
+            return
+        valid = self._valid(rest)
+        for target in rest:
+            if target in valid:
+                yield self._record(target, "built" if self._drv(target) in self._builds else "valid")
+        failed_drvs = self._failed_drvs()
+        for target in rest:
+            if target not in valid:
+                yield self._record(target, "failed", *self._why_failed(target, failed_drvs))
+
+    def _failed_drvs(self) -> set[str]:
+        """Derivations whose build started in this run but whose outputs are not valid."""
+        failed = set()
+        for drv in self._builds:
+            target = self._by_drv.get(drv)
+            outputs = self._paths(target) if target is not None else self.cli.outputs_of(drv)
+            if self.cli.invalid_paths(outputs):
+                failed.add(drv)
+        return failed
+
+    def _failure_of(self, drv: str) -> tuple[str, list[str]]:
+        build = self._builds.get(drv)
+        messages = [m for m in self.errors if drv in m]
+        reason = f"build of {drv} failed" + (f": {messages[-1]}" if messages and "differs" in messages[-1] else "")
+        return reason, list(build.log) if build else []
+
+    def _why_failed(self, target: Target, failed_drvs: set[str]) -> tuple[str, list[str]]:
+        drv = self._drv(target)
+        if drv in failed_drvs:
+            return self._failure_of(drv)
+        culprits = sorted(failed_drvs & self.cli.requisites(drv)) if drv else []
+        if culprits:
+            names = [self._by_drv[d].installable if d in self._by_drv else d for d in culprits]
+            tail: list[str] = []
+            for culprit, name in zip(culprits, names, strict=True):
+                tail += [f"--- log tail of {name} ({culprit}) ---", *self._builds[culprit].log]
+            return f"dependency failed: {', '.join(names)}", tail
+        if self.returncode is not None and self.returncode < 0:
+            return f"nix was stopped (signal {-self.returncode}) before {target.installable} was built", []
+        return f"not built; Nix said: {self._said()}", []
+
+    def _said(self) -> str:
+        return " | ".join(self.errors[-3:]) or "nothing"
+
+    def wait(self) -> list[Outcome]:
+        """Consume the build to the end; return all outcomes (no exception for failures)."""
+        return list(self.outcomes())
+
+    def raise_for_failures(self, failures: dict[str, str] | None = None) -> None:
+        """Raise :class:`NixBuildError` if targets failed, :class:`NixCommandError` if Nix failed."""
+        if failures is None:
+            failures = {t.installable: o.reason or "failed" for t, o in self._outcomes.items() if not o.ok}
+        if failures:
+            raise NixBuildError(self.command, self.returncode, self.errors, failures)
+        if self.returncode not in (0, None):
+            raise NixCommandError(self.command, self.returncode, self.errors)
+
+
+def _print(message: str) -> None:
+    print(message, flush=True)
+
+
+__all__ = ["NixBuild", "Outcome", "PackageOutcome", "Target", "TestOutcome"]
