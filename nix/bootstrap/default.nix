@@ -88,8 +88,12 @@ let
     inherit sitePackages;
   };
 
+  # As nixpkgs' runCommand: `passthru` and `meta` are attributes of the result, not of the derivation
+  # (so they change no hash); the build inputs are nixpkgs' and have no meaning here.
   runCommand = name: env: buildCommand:
-    shellDerivation name buildCommand (builtins.removeAttrs env [ "passthru" "meta" "nativeBuildInputs" "buildInputs" ]);
+    shellDerivation name buildCommand (builtins.removeAttrs env [ "passthru" "meta" "nativeBuildInputs" "buildInputs" ])
+    // (env.passthru or { })
+    // (if env ? meta then { inherit (env) meta; } else { });
 
   fetchgit = { url, rev, hash ? "", name ? "source" }:
     shellDerivation name ''
@@ -217,7 +221,7 @@ let
         expression = if pos == null then pname else "${baseNameOf pos.file}:${toString pos.line}";
         SOURCE_DATE_EPOCH = "315532800";
       };
-    } // { inherit pname version; } // passthru;
+    } // { inherit pname version pythonImportsCheck; } // passthru // { inherit passthru; };
 
   python3Packages = mapAttrs installWheel lock.wheels // {
     inherit buildPythonPackage;
