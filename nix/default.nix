@@ -47,10 +47,12 @@ let
   packageNames = map validName
     (filter (file: entries.${file} == "regular" && match ".*\\.nix" file != null) (attrNames entries));
 
-  # The expressions see the scope, each other, and the source pins (under names nixpkgs does not use).
+  # The expressions see the scope, each other, the source pins and the test helpers of their
+  # passthru.tests (under names nixpkgs does not use).
   context = base // packages // {
     dagsterPins = pins;
     dagsterSource = source;
+    packageTests = import ./package-tests.nix { inherit (base) runCommand python3; };
   };
   callPackage = file:
     let fn = import file;
