@@ -1,4 +1,4 @@
-{ python3Packages, dagster-src, dagster }:
+{ python3Packages, dagster-src, dagster, dagster-graphql, runCommand, python3, packageTests ? import ../package-tests.nix { inherit runCommand python3; } }:
 python3Packages.buildPythonPackage {
   pname = "dagster-graphql";
   inherit (dagster-src) version;
@@ -13,7 +13,12 @@ python3Packages.buildPythonPackage {
   ])
   # gql[requests]: its transport needs requests-toolbelt (problem 3 of the hand-run report).
   ++ python3Packages.gql.optional-dependencies.requests;
-  # What the cli_version check runs (nothing for a library).
   passthru.executables = [ "dagster-graphql" ];
+  # Its Dagster asset checks, by name. The package takes itself (graph.nix drops the self edge) and the
+  # helpers (nix/default.nix passes them; a plain callPackage, as Flox's, imports them).
+  passthru.tests = {
+    imports = packageTests.imports { package = dagster-graphql; };
+    version = packageTests.version { package = dagster-graphql; };
+  };
   pythonImportsCheck = [ "dagster_graphql" ];
 }

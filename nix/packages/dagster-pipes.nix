@@ -1,11 +1,15 @@
-{ python3Packages, dagster-src }:
+{ python3Packages, dagster-src, dagster-pipes, runCommand, python3, packageTests ? import ../package-tests.nix { inherit runCommand python3; } }:
 python3Packages.buildPythonPackage {
   pname = "dagster-pipes";
   inherit (dagster-src) version;
   pyproject = true;
   src = dagster-src.subdir "python_modules/dagster-pipes";
   build-system = [ python3Packages.hatchling ];
-  # What the cli_version check runs (nothing for a library).
   passthru.executables = [ ];
+  # Its Dagster asset checks, by name. The package takes itself (graph.nix drops the self edge) and the
+  # helpers (nix/default.nix passes them; a plain callPackage, as Flox's, imports them).
+  passthru.tests = {
+    imports = packageTests.imports { package = dagster-pipes; };
+  };
   pythonImportsCheck = [ "dagster_pipes" ];
 }

@@ -1,4 +1,4 @@
-{ python3Packages, dagster-src }:
+{ python3Packages, dagster-src, dagster-shared, runCommand, python3, packageTests ? import ../package-tests.nix { inherit runCommand python3; } }:
 python3Packages.buildPythonPackage {
   pname = "dagster-shared";
   inherit (dagster-src) version;
@@ -15,7 +15,11 @@ python3Packages.buildPythonPackage {
     tomlkit
     typing-extensions
   ];
-  # What the cli_version check runs (nothing for a library).
   passthru.executables = [ ];
+  # Its Dagster asset checks, by name. The package takes itself (graph.nix drops the self edge) and the
+  # helpers (nix/default.nix passes them; a plain callPackage, as Flox's, imports them).
+  passthru.tests = {
+    imports = packageTests.imports { package = dagster-shared; };
+  };
   pythonImportsCheck = [ "dagster_shared" ];
 }

@@ -1,4 +1,4 @@
-{ python3Packages, dagster-src, dagster-shared, dagster-pipes }:
+{ python3Packages, dagster-src, dagster-shared, dagster-pipes, dagster, runCommand, python3, packageTests ? import ../package-tests.nix { inherit runCommand python3; } }:
 python3Packages.buildPythonPackage {
   pname = "dagster";
   inherit (dagster-src) version;
@@ -37,7 +37,12 @@ python3Packages.buildPythonPackage {
   # tests/test_nixpkgs_versions.py keeps this list exact): 1.13.27 wants coloredlogs<=14.0 (nixpkgs: 15.0.1)
   # and grpcio-health-checking<1.82 (nixpkgs: 1.84.0), upper bounds of Dagster's own CI.
   pythonRelaxDeps = [ "coloredlogs" "grpcio-health-checking" ];
-  # What the cli_version check runs (nothing for a library).
   passthru.executables = [ "dagster" "dagster-daemon" ];
+  # Its Dagster asset checks, by name. The package takes itself (graph.nix drops the self edge) and the
+  # helpers (nix/default.nix passes them; a plain callPackage, as Flox's, imports them).
+  passthru.tests = {
+    imports = packageTests.imports { package = dagster; };
+    version = packageTests.version { package = dagster; };
+  };
   pythonImportsCheck = [ "dagster" ];
 }
