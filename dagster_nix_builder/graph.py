@@ -274,7 +274,8 @@ def _tests(attr: str, info: Mapping) -> dict[str, NixTest]:
         tests[name] = NixTest(
             name=name,
             drv_path=test["drvPath"],
-            out_path=test["outPath"],
+            # graph.nix gives `outputs` ({"out": path}): an attribute set with `outPath` would be a string in JSON.
+            out_path=(test.get("outputs") or {}).get("out") or next(iter((test.get("outputs") or {}).values()), ""),
             blocking=bool(test.get("blocking")),
             description=test.get("description"),
         )
