@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from . import processes
 from .errors import NixBuildError, NixCommandError, NixPackageSetError
@@ -88,6 +88,18 @@ class TestOutcome:
 
 
 Outcome = PackageOutcome | TestOutcome
+
+
+class Build(Protocol):
+    """What every backend's build offers (:class:`NixBuild`, ``flox_build.FloxBuild``)."""
+
+    command: list[str]
+
+    def outcomes(self) -> Iterator[Outcome]: ...
+
+    def wait(self) -> Sequence[Outcome]: ...
+
+    def terminate(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -416,4 +428,4 @@ def _print(message: str) -> None:
     print(message, flush=True)
 
 
-__all__ = ["NixBuild", "Outcome", "PackageOutcome", "Target", "TestOutcome"]
+__all__ = ["Build", "NixBuild", "Outcome", "PackageOutcome", "Target", "TestOutcome"]

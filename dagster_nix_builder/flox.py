@@ -19,7 +19,7 @@ from pathlib import Path
 from dagster import AssetExecutionContext
 from pydantic import Field, field_validator
 
-from .build import NixBuild, Outcome, Target
+from .build import Build, NixBuild, Outcome, Target
 from .flox_build import (
     FLOX_NOT_INSTALLED,
     FloxBuild,
@@ -78,7 +78,7 @@ class FloxResource(NixResource):
             self.cli().run(flox_init_command(self.flox_path, project, str(self.resolved("environment_name"))))
         return prepare_layout(str(self.resolved("nix_dir")), project)
 
-    def build(self, attrs: Sequence[str], tests: Mapping[str, Sequence[str]] | None = None) -> FloxBuild | NixBuild:
+    def build(self, attrs: Sequence[str], tests: Mapping[str, Sequence[str]] | None = None) -> Build:
         """Start one ``flox build`` of ``attrs`` (or, for ``tests`` alone, the ``nix build`` of them)."""
         cli = self.cli()
         graph = self.load_graph()

@@ -162,7 +162,7 @@ def parse_derivation_show(stdout: str, store_dir: str | None = None) -> dict[str
             for name, o in (drv.get("outputs") or {}).items()
             if isinstance(o, dict) and isinstance(o.get("path"), str)
         }
-        inputs = drv.get("inputs") if isinstance(drv.get("inputs"), dict) else {}
+        inputs = drv["inputs"] if isinstance(drv.get("inputs"), dict) else {}
         drvs = inputs.get("drvs", drv.get("inputDrvs")) or {}
         srcs = inputs.get("srcs", drv.get("inputSrcs")) or []
         input_drvs = {}

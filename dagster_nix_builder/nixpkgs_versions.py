@@ -94,7 +94,7 @@ class Comparison:
 
 def marker_environment(python_version: str) -> dict[str, str]:
     """Marker environment of a CPython ``X.Y`` on this platform, extras off (as nixpkgs' hook)."""
-    env = dict(default_environment())
+    env: dict[str, str] = {k: str(v) for k, v in default_environment().items()}
     env.update(
         python_version=python_version,
         python_full_version=f"{python_version}.0",
@@ -148,7 +148,7 @@ def compare(
     for meta in packages:
         package = canonicalize_name(meta["Name"])
         relax = relaxes.get(package, [])
-        relaxed = {canonicalize_name(n) for n in relax} if relax is not True else None
+        relaxed = None if relax is True else set() if relax is False else {canonicalize_name(n) for n in relax}
         needed: set[str] = set()
         for spec in meta.get_all("Requires-Dist") or []:
             requirement = Requirement(spec)
@@ -302,7 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             facts = package_set_facts(args.nix_dir, nix_config)
             attrs = {attr for pkg in facts.values() for attr in pkg["dependencies"]}
-            python3, versions = ask_nixpkgs(attrs, args.nixpkgs, nix_config)
+            python3, found = ask_nixpkgs(attrs, args.nixpkgs, nix_config)
+            versions = {attr: version for attr, version in found.items() if version is not None}
             where = args.nixpkgs or "<nixpkgs>"
         python3 = args.python or python3
         result = check_package_set(args.nix_dir, versions, python3, args.from_sdists, nix_config)

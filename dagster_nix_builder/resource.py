@@ -15,7 +15,7 @@ import yaml
 from dagster import AssetExecutionContext, ConfigurableResource, EnvVar
 from pydantic import Field, ValidationError, field_validator
 
-from .build import NixBuild, Target
+from .build import Build, NixBuild, Target
 from .errors import NixConfigError, NixNotFoundError
 from .graph import NixPackageGraph, load_package_graph
 from .nix_cli import NixCli
@@ -127,7 +127,7 @@ class NixResource(ConfigurableResource):
         """Ask Nix for the package graph of :attr:`nix_dir` (see :func:`~dagster_nix_builder.graph.load_package_graph`)."""
         return load_package_graph(self.cli())
 
-    def build(self, attrs: Sequence[str], tests: Mapping[str, Sequence[str]] | None = None) -> NixBuild:
+    def build(self, attrs: Sequence[str], tests: Mapping[str, Sequence[str]] | None = None) -> Build:
         """Start one ``nix build`` of ``attrs`` and of ``tests`` (test names by attribute), outside Dagster.
         Consume it with ``.outcomes()`` or ``.wait()``."""
         targets = [Target(a) for a in attrs] + [Target(a, t) for a, names in (tests or {}).items() for t in names]
