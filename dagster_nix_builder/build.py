@@ -173,6 +173,7 @@ class NixBuild:
         self._line_time = 0.0
         self._threads: list[threading.Thread] = []
         self._last_probe = 0.0
+        self._started = False
 
     # ---- targets ---------------------------------------------------------------------------------
 
@@ -193,10 +194,15 @@ class NixBuild:
 
     def start(self) -> NixBuild:
         """Report what is valid already (unless rebuilding), then start Nix; returns self."""
-        self._log(f"Running: {describe(self.command)}")
+        self._started = True
         if not self.rebuild:
             for target in self._valid(self.targets):
                 self._outcomes[target] = self._outcome(target, "valid")
+            if len(self._outcomes) == len(self.targets):
+                self._log("Every output is valid already: nothing to build, no nix build started.")
+                self.returncode = 0
+                return self
+        self._log(f"Running: {describe(self.command)}")
         self.process = self.cli.popen(self.command)
         self._threads = [
             threading.Thread(target=self._read_stderr, name="nix-stderr", daemon=True),
@@ -270,9 +276,11 @@ class NixBuild:
     def outcomes(self) -> Iterator[Outcome]:
         """Per-target outcomes: already-valid targets first, then each as its build finishes, then (after
         Nix exits) everything else. Does not raise for failures."""
-        if self.process is None:
+        if not self._started:
             self.start()
         yield from list(self._outcomes.values())
+        if self.process is None:
+            return
         for event in self._events(idle=PROBE_INTERVAL_S):
             yield from self.handle(event)
         yield from self._finish()
