@@ -79,11 +79,8 @@ class PinUpdater(ConfigurableResource):
     )
     run_version_checks: bool = Field(
         default=True,
-        description="Run `--version` of each rebuilt `bin/*` that no asset check covers before committing.",
-    )
-    run_smoke_check: bool = Field(
-        default=True,
-        description="Run the webserver smoke check too, as a materialization does (starts the built server).",
+        description="Run `--version` of each `bin/*` of a rebuilt package without `passthru.tests` (the "
+        "tests of the others are built, as a materialization's checks are) before committing.",
     )
     timeout_seconds: float = Field(default=3600, description="Limit of each Nix command.")
 
@@ -97,7 +94,6 @@ class PinUpdater(ConfigurableResource):
             nix_config=self.nix_config,
             pip_args=tuple(self.pip_args),
             run_version_checks=self.run_version_checks,
-            run_smoke_check=self.run_smoke_check,
             checks=tuple(checks),
             timeout_seconds=self.timeout_seconds,
         )

@@ -1,0 +1,87 @@
+"""How an update runs Nix: a :class:`~dagster_nix_builder.nix_cli.NixCli` for the checkout's package set in
+one source mode, and `nix build` of that set as candidate pins would make it (`--arg pins`), which is how
+the hash and version steps see a source without writing anything.
+
+Also the one helper the update's long commands share (Nix builds, lock.py): wait with a time limit, and
+stop the child's whole process group on timeout or interrupt.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from dagster_nix_builder.nix_cli import NixCli, describe
+from dagster_nix_builder.nix_settings import uses_bootstrap_scope
+from dagster_nix_builder.pins import Pins
+from dagster_nix_builder.processes import stop_group
+from dagster_nix_builder.update_model import Log, UpdateSettings
+
+
+def nix_cli(settings: UpdateSettings, repo_dir: Path, mode: str, pins: Pins | None = None) -> NixCli:
+    """The Nix CLI of the checkout's package set with `source = mode`.
+
+    With `pins` (candidate pins passed as `--arg pins`), their git upstream, when local, is added to the
+    sandbox paths of the bootstrap scope: the file's upstream is there already, the candidate may name
+    another.
+    """
+    args = {str(k): str(v) for k, v in settings.nix_args.items()}
+    scope = args.pop("scope", None)
+    cli = NixCli(
+        nix_dir=str(Path(repo_dir) / settings.nix_dir),
+        executable=settings.nix_executable,
+        scope=scope,
+        nix_args={**args, "source": mode},
+        nix_config=settings.nix_config,
+    )
+    local = local_path(pins.git.url) if pins is not None else None
+    if local and uses_bootstrap_scope(scope, cli.tool_path("nix-instantiate")):
+        cli = replace(cli, nix_config=f"{settings.nix_config}\nextra-sandbox-paths = {local}")
+    return cli
+
+
+def local_path(url: str) -> str | None:
+    """The directory of a local git upstream (a path or `file://` URL), None for a remote one."""
+    # The same rule as nix_settings' (private) reading of pins.json; TODO: share it once it is public.
+    if url.startswith("file://"):
+        return unquote(urlsplit(url).path)
+    return url if url.startswith("/") else None
+
+
+def pins_nix_expression(pins: Pins) -> str:
+    """A Nix expression evaluating to `pins` (for `--arg pins`): `builtins.fromJSON` of a Nix string."""
+    text = json.dumps(pins.to_dict(), sort_keys=True)
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("${", "\\${")
+    return f'builtins.fromJSON "{escaped}"'
+
+
+def build_with_pins(
+    cli: NixCli, attrs: Sequence[str], pins: Pins, *, timeout: float, log: Log
+) -> subprocess.CompletedProcess[str]:
+    """`nix build --json` of `attrs` of the package set evaluated with `pins` instead of its pins.json.
+
+    Never raises for a failed build: the caller reads Nix's stderr (a hash mismatch is the point of the
+    hash step).
+    """
+    command = [*cli.build_command(attrs), "--arg", "pins", pins_nix_expression(pins)]
+    log(f"$ {describe(command)}")
+    return finish(cli.popen(command), timeout=timeout)
+
+
+def finish(proc: subprocess.Popen, *, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Wait for `proc` (started in its own process group, with pipes) and return its output as text;
+    on timeout or interrupt stop its process group (SIGTERM, then SIGKILL) and re-raise."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        stop_group(proc)
+        raise
+    text = [s.decode(errors="replace") if isinstance(s, bytes) else (s or "") for s in (out, err)]
+    return subprocess.CompletedProcess(proc.args, proc.returncode, text[0], text[1])
+
+
+__all__ = ["build_with_pins", "finish", "local_path", "nix_cli", "pins_nix_expression"]
