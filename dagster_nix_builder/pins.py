@@ -16,8 +16,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-"""Where the pin file lives inside the repository."""
-
 RELEASE_PACKAGES: tuple[str, ...] = (
     "dagster",
     "dagster-shared",

@@ -18,7 +18,7 @@ from dagster_nix_builder.log_format import error_messages
 from dagster_nix_builder.nix_output import parse_build_json, strip_ansi
 from dagster_nix_builder.pins import FAKE_HASH, RELEASE_PACKAGES, Pins, validate_sri_hash, validate_version
 from dagster_nix_builder.update_model import Log, UpdateError, UpdateSettings, UpdateStep
-from dagster_nix_builder.update_nix import build_with_pins, nix_cli
+from dagster_nix_builder.update_nix import build_with_pins, nix_cli, nix_errors
 
 VERSION_FILE = "python_modules/dagster/dagster/version.py"
 """Where Dagster's monorepo says its version (`__version__ = "..."`); git mode pins what it says."""
@@ -84,7 +84,7 @@ def discover_hashes(
                 UpdateStep.HASH,
                 f"expected Nix to report one hash mismatch for {settings.source_attr}, "
                 f"got {len(got)}: the rev could not be fetched or the source failed to build",
-                error_messages(proc.stderr).messages,
+                nix_errors(proc.stderr),
             )
         log(f"{settings.source_attr}: {got[0].got}")
         return {settings.source_attr: validate_sri_hash(got[0].got)}
@@ -99,7 +99,7 @@ def discover_hashes(
         raise UpdateError(
             UpdateStep.HASH,
             f"Nix reported no hash for the sdists of {', '.join(missing)} {target}",
-            error_messages(proc.stderr).messages,
+            nix_errors(proc.stderr),
         )
     return hashes
 
@@ -113,7 +113,7 @@ def source_version(settings: UpdateSettings, repo_dir: Path, pins: Pins, log: Lo
         raise UpdateError(
             UpdateStep.VERSION,
             f"building {settings.source_attr} at its real hash failed (exit {proc.returncode})",
-            error_messages(proc.stderr).messages,
+            nix_errors(proc.stderr),
         )
     tree = next(iter(next(iter(parse_build_json(proc.stdout).values()), {}).values()), None)
     if tree is None:

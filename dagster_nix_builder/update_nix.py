@@ -9,12 +9,15 @@ stop the child's whole process group on timeout or interrupt.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from dagster_nix_builder.build import LOG_TAIL_LINES
+from dagster_nix_builder.log_format import ActivityStarted, BuildLogLine, error_messages, parse_line
 from dagster_nix_builder.nix_cli import NixCli, describe
 from dagster_nix_builder.nix_settings import uses_bootstrap_scope
 from dagster_nix_builder.pins import Pins
@@ -72,6 +75,30 @@ def build_with_pins(
     return finish(cli.popen(command), timeout=timeout)
 
 
+_BUILDER_FAILED_RE = re.compile(r"builder for '(?P<drv>[^']+)' failed")
+
+
+def nix_errors(stderr: str) -> list[str]:
+    """Nix's error messages (`log_format.error_messages`), each "builder for ... failed" followed by the end
+    of that builder's log when Nix's message leaves it out (as Nix 2.8 does with internal-json logs): why a
+    fetch of the source failed is in its log."""
+    logs: dict[str, list[str]] = {}
+    drv_of: dict[int, str] = {}
+    for line in stderr.splitlines():
+        event = parse_line(line)
+        if isinstance(event, ActivityStarted) and event.drv_path:
+            drv_of[event.id] = event.drv_path
+        elif isinstance(event, BuildLogLine) and event.id in drv_of:
+            logs.setdefault(drv_of[event.id], []).append(event.line)
+    out = []
+    for message in error_messages(stderr).messages:
+        out.append(message)
+        m = _BUILDER_FAILED_RE.search(message)
+        if m and "last " not in message:
+            out += [f"  > {line}" for line in logs.get(m["drv"], [])[-LOG_TAIL_LINES:]]
+    return out
+
+
 def finish(proc: subprocess.Popen, *, timeout: float) -> subprocess.CompletedProcess[str]:
     """Wait for `proc` (started in its own process group, with pipes) and return its output as text;
     on timeout or interrupt stop its process group (SIGTERM, then SIGKILL) and re-raise."""
@@ -84,4 +111,4 @@ def finish(proc: subprocess.Popen, *, timeout: float) -> subprocess.CompletedPro
     return subprocess.CompletedProcess(proc.args, proc.returncode, text[0], text[1])
 
 
-__all__ = ["build_with_pins", "finish", "local_path", "nix_cli", "pins_nix_expression"]
+__all__ = ["build_with_pins", "finish", "local_path", "nix_cli", "nix_errors", "pins_nix_expression"]

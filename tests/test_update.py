@@ -133,6 +133,7 @@ def test_rev_missing_upstream_fails_hash_discovery(project: Path) -> None:
         update(settings(project), rev="0123456789abcdef0123456789abcdef01234567")
     assert info.value.step is UpdateStep.HASH
     assert info.value.messages, "Nix's own error is reported"
+    assert any("reference is not a tree" in m for m in info.value.messages), "with the fetch's log tail"
     assert info.value.restored == [], "the hash is found with the pins passed to Nix: nothing was written"
     assert_untouched(project, before, head)
 
@@ -175,6 +176,70 @@ def test_check_failure_restores_files(world: dict, project: Path) -> None:
 
     assert info.value.step is UpdateStep.CHECK
     assert "dagster --version" in info.value.reason
+    assert_untouched(project, before, head)
+
+
+# dagster-cli with `passthru.tests` (as nix/package-tests.nix gives the real packages): `version` runs the
+# built CLI, `smoke` fails with a message in its log when the module says it is broken.
+CLI_WITH_TESTS = """{ runCommand, dagster-lib }:
+let
+  cli = runCommand "dagster-cli" { lib = dagster-lib; } ''
+    mkdir -p $out/bin
+    printf '#!/bin/sh\\nexec /usr/bin/python3 %s/lib/dagster.py "$@"\\n' "$lib" > $out/bin/dagster
+    chmod +x $out/bin/dagster
+  '';
+in cli // {
+  tests = {
+    version = runCommand "dagster-cli-test-version" { inherit cli; } ''
+      $cli/bin/dagster --version | grep '^dagster ' > $out
+    '';
+    smoke = runCommand "dagster-cli-test-smoke" { inherit cli; } ''
+      if grep -q SMOKE-FAILS ${dagster-lib}/lib/dagster.py; then
+        echo "dagster-cli test smoke: the module asks to fail" >&2
+        exit 1
+      fi
+      echo ok > $out
+    '';
+  };
+}
+"""
+
+
+def _with_cli_tests(project: Path) -> None:
+    (project / "nix" / "packages" / "dagster-cli.nix").write_text(CLI_WITH_TESTS)
+    git(project, "commit", "-q", "-am", "dagster-cli with passthru.tests")
+
+
+def test_check_step_builds_the_packages_tests(world: dict, project: Path) -> None:
+    _with_cli_tests(project)
+    rev = world["upstream"].push({"dagster.py": GOOD_MODULE.format(version="10.0")}, "ten")
+
+    result = update(settings(project), rev=rev)
+
+    assert result.commit is not None
+    # dagster-cli's checks are its tests; the `--version` fallback is for packages without tests only.
+    assert "dagster-cli: smoke" in result.checks and "dagster-cli: version" in result.checks
+    assert not any("--version" in c for c in result.checks), result.checks
+
+
+def test_failing_test_derivation_fails_the_check_step_naming_package_test_and_log(
+    world: dict, project: Path
+) -> None:
+    _with_cli_tests(project)
+    module = GOOD_MODULE.format(version="11.0") + "# SMOKE-FAILS\n"
+    rev = world["upstream"].push({"dagster.py": module}, "a module whose smoke test fails")
+    before, head = snapshot(project), git(project, "rev-parse", "HEAD")
+
+    with pytest.raises(UpdateError) as info:
+        update(settings(project), rev=rev)
+
+    assert info.value.step is UpdateStep.CHECK
+    assert info.value.reason == "dagster-cli: check smoke failed"
+    messages = "\n".join(info.value.messages)
+    assert "dagster-cli.tests.smoke: build of " in messages
+    assert "  > dagster-cli test smoke: the module asks to fail" in info.value.messages
+    assert "version" not in info.value.reason, "the passing test is not blamed"
+    assert info.value.restored == ["nix/pins.json"]
     assert_untouched(project, before, head)
 
 
