@@ -5,7 +5,7 @@
 #
 # A package whose derivation throws (builtins.throw/assert) does not stop the others: it keeps its place
 # and edges in the graph, with `evalFailed = true` and the paths of a stand-in derivation that is never
-# valid, so building it fails with Nix's own error. `only = "<attr>"` evaluates that one package without
+# valid, so building it fails with Nix's own error; so does one whose tests throw. `only = "<attr>"` evaluates that one package without
 # the guard, to read the error message (tryEval does not give it).
 { dir, argsJson ? "{}", withInfo ? "1", only ? "" }:
 let
@@ -23,6 +23,23 @@ let
     if builtins.pathExists file && builtins.isFunction fn
     then builtins.filter (a: a != n && builtins.hasAttr a set) (builtins.attrNames (builtins.functionArgs fn))
     else [ ];
+  # A package's tests (`passthru.tests`, an attribute set of derivations) are its Dagster asset checks:
+  # the name is the check's name (graph.py says what to do with one Dagster cannot take), `blocking`
+  # (default false) and `meta.description` describe it. Its paths are `outputs` as a package's are, since
+  # Nix writes any attribute set with an `outPath` attribute as that string in JSON.
+  testsOf = n: d: builtins.mapAttrs
+    (name: t:
+      if !(builtins.isAttrs t && (t.type or null) == "derivation") then
+        throw "${n}: passthru.tests.${name} is not a derivation"
+      else if !(builtins.isBool (t.blocking or false)) then
+        throw "${n}: passthru.tests.${name}.blocking must be true or false"
+      else {
+        drvPath = t.drvPath;
+        outputs = builtins.listToAttrs (map (o: { name = o; value = t.${o}.outPath; }) (t.outputs or [ "out" ]));
+        blocking = t.blocking or false;
+        description = t.meta.description or null;
+      })
+    (d.tests or (d.passthru.tests or { }));
   infoOf = n:
     let d = set.${n}; in
     {
@@ -33,6 +50,7 @@ let
       description = d.meta.description or null;
       mainProgram = d.meta.mainProgram or null;
       executables = d.executables or (d.passthru.executables or null);
+      tests = testsOf n d;
       evalFailed = false;
     };
   standIn = n: derivation {
@@ -56,6 +74,7 @@ let
       description = null;
       mainProgram = null;
       executables = null;
+      tests = { };
       evalFailed = true;
     };
 in
