@@ -1,98 +1,54 @@
-"""The code location: one ``Definitions`` with an asset per package of the repo's ``nix/``.
+"""The code location: the project's defs folder (``dagster_nix_builder/defs/``), loaded the ``dg`` way.
 
-Configuration of the ``nix`` resource (:class:`NixResource`), each layer over the one before:
+``dg`` finds it through ``[tool.dg]`` of ``pyproject.toml``; ``dagster ... -m dagster_nix_builder.definitions``
+and ``workspace.yaml`` through the module-level ``defs``. The package set is configured in
+``defs/packages/defs.yaml`` (see :mod:`dagster_nix_builder.component`); its paths are relative to the project
+root: the directory of the ``pyproject.toml`` whose ``[tool.dg.project]`` names this package — the checkout
+holding this module (editable install), else the working directory (an installed package run from a
+checkout).
 
-1. defaults: the fields' own, except ``nix_dir`` = ``<repo>/nix`` and ``out_link_dir`` = ``<repo>/.nix-results``;
-2. the YAML file named by ``DAGSTER_NIX_CONFIG``, else ``<repo>/nix-builder.yaml`` if it exists (values
-   ``{env: NAME}`` are read from the environment at run time; relative paths are relative to the file);
-3. the environment: ``DAGSTER_NIX_DIR``, ``DAGSTER_NIX_SCOPE``, ``DAGSTER_NIX_OUT_LINK_DIR``,
-   ``DAGSTER_NIX_EXECUTABLE``.
-
-A named file that does not exist, an unknown key, a value of the wrong type or invalid YAML fails the load
-with a :class:`NixConfigError` naming the file, the line and the key.
-
-``DAGSTER_HOME``: Dagster's CLI picks its instance before it loads this module, so without ``DAGSTER_HOME``
-``dagster asset materialize`` keeps its run in a throwaway instance. ``dagster-nix-builder`` (see
-:mod:`dagster_nix_builder.cli`) is Dagster's CLI with ``DAGSTER_HOME`` defaulting to ``<repo>/.dagster_home``;
-loading this module without ``DAGSTER_HOME`` warns.
+``DAGSTER_HOME``: Dagster's and dg's CLIs read a ``.env`` in the working directory before they pick the
+instance; ``scripts/setup.sh`` writes one with ``DAGSTER_HOME`` = ``<project>/.dagster_home``.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Mapping
 from pathlib import Path
 
-from dagster import (
-    AssetSelection,
-    AutomationConditionSensorDefinition,
-    DefaultSensorStatus,
-    Definitions,
-    in_process_executor,
-)
+import dagster as dg
+from dagster_shared.utils.config import discover_config_file, load_toml_as_dict
 
-from .assets import nix_assets
-from .cli import DEFAULT_DAGSTER_HOME
-from .resource import NixResource, resource_from_environment
-from .sensors import package_automation_condition, update_definitions
-from .translator import DagsterNixTranslator, DagsterNixTranslatorSettings
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_NIX_DIR = REPO_ROOT / "nix"
-DEFAULT_CONFIG = REPO_ROOT / "nix-builder.yaml"
+ROOT_MODULE = "dagster_nix_builder"
 
 
-def default_dagster_home() -> Path:
-    """Set ``DAGSTER_HOME`` to the project-local ``.dagster_home`` unless it is set; return it."""
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(DEFAULT_DAGSTER_HOME)))
-    home.mkdir(parents=True, exist_ok=True)
-    return home
+def _is_this_project(config: Path | None) -> bool:
+    if config is None:
+        return False
+    raw = load_toml_as_dict(config)
+    project = (
+        raw.get("project", {})
+        if config.name == "dg.toml"
+        else raw.get("tool", {}).get("dg", {}).get("project", {})
+    )
+    return project.get("root_module") == ROOT_MODULE
 
 
-def nix_resource_from_env(environ: Mapping[str, str] | None = None) -> NixResource:
-    """The Nix resource: defaults, then the YAML file, then the environment (see the module docstring).
-
-    Raises:
-        NixConfigError: the named file does not exist, or the file is wrong (names file, line and key).
-    """
-    return resource_from_environment(
-        os.environ if environ is None else environ,
-        defaults={"nix_dir": str(DEFAULT_NIX_DIR), "out_link_dir": str(REPO_ROOT / ".nix-results")},
-        default_config=DEFAULT_CONFIG,
+def project_root() -> Path:
+    """The dg project of this code location (see the module docstring)."""
+    for start in (Path(__file__).resolve().parent, Path.cwd()):
+        config = discover_config_file(start)
+        if _is_this_project(config):
+            return config.parent  # type: ignore[union-attr]
+    raise dg.DagsterInvariantViolationError(
+        f"No dg project of {ROOT_MODULE} above {Path(__file__).resolve().parent} or the working directory "
+        f"{Path.cwd()}: run from the checkout (its pyproject.toml has [tool.dg.project] root_module = "
+        f'"{ROOT_MODULE}").'
     )
 
 
-def build_definitions() -> Definitions:
-    """Evaluate the package set with Nix and build the code location's definitions."""
-    if not os.environ.get("DAGSTER_HOME"):
-        print(
-            "dagster-nix-builder: DAGSTER_HOME is not set, so Dagster's CLI keeps this command's runs in a "
-            "temporary instance, deleted when it exits. Run `.venv/bin/dagster-nix-builder ...` (Dagster's CLI "
-            f"with DAGSTER_HOME={DEFAULT_DAGSTER_HOME}) or export DAGSTER_HOME={DEFAULT_DAGSTER_HOME}.",
-            file=sys.stderr,
-        )
-    default_dagster_home()
-    nix = nix_resource_from_env()
-    graph = nix.load_graph()
-    translator = DagsterNixTranslator(DagsterNixTranslatorSettings(automation_condition=package_automation_condition()))
-    packages = Definitions(
-        assets=[nix_assets(graph, translator=translator)],
-        resources={"nix": nix},
-        # Rebuild downstream packages after a dependency changes, and retry a failed one once its
-        # dependency is fixed. Stopped until turned on: on its first tick it builds every missing package.
-        sensors=[AutomationConditionSensorDefinition(
-            "nix_packages_automation", target=AssetSelection.all(), default_status=DefaultSensorStatus.STOPPED,
-        )],
-        # All packages are built by one step (one `nix build`): a step subprocess would only load the
-        # definitions a second time (about 2 s a run).
-        executor=in_process_executor,
-    )
-    return Definitions.merge(
-        packages,
-        # The update job and the upstream sensors: they edit and commit nix/pins.json of this checkout.
-        update_definitions(scope=nix.resolved("scope"), nix_config=nix.resolved("nix_config")),
-    )
+def build_definitions() -> dg.Definitions:
+    """Every component of the defs folder (today the package set's)."""
+    return dg.load_from_defs_folder(path_within_project=project_root())
 
 
 defs = build_definitions()

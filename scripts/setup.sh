@@ -24,6 +24,16 @@ if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
-# The project-local Dagster instance (SQLite) that the README's commands point DAGSTER_HOME at.
+# The dg CLI (dg dev, dg launch, dg check defs, dg list defs), at the installed Dagster's own version.
+dagster_version=$(.venv/bin/python -c 'import dagster; print(dagster.__version__)')
+.venv/bin/pip install --quiet --disable-pip-version-check "dagster-dg-cli==$dagster_version"
+
+# One instance for every run: Dagster's and dg's CLIs read ./.env before they pick the instance, so runs of
+# `dg launch` and what `dg dev` shows land in the project-local .dagster_home (SQLite). An exported
+# DAGSTER_HOME still wins. Other lines of an existing .env are kept.
 mkdir -p .dagster_home
-echo "setup: ready ($(nix --version), $(.venv/bin/dagster --version))" >&2
+[[ -f .dagster_home/dagster.yaml ]] || : > .dagster_home/dagster.yaml  # defaults; silences "no dagster.yaml"
+home_line="DAGSTER_HOME=\${DAGSTER_HOME:-$PWD/.dagster_home}"
+{ if [[ -f .env ]]; then grep -v '^DAGSTER_HOME=' .env || true; fi; echo "$home_line"; } > .env.setup-tmp
+mv .env.setup-tmp .env
+echo "setup: ready ($(nix --version), $(.venv/bin/dagster --version), $(.venv/bin/dg --version))" >&2

@@ -1,0 +1,413 @@
+"""``NixPackageSetComponent``: a Nix package set as a state-backed Dagster component, configured in ``defs.yaml``.
+
+.. code-block:: yaml
+
+    # <project>/dagster_nix_builder/defs/packages/defs.yaml
+    type: dagster_nix_builder.component.NixPackageSetComponent
+    attributes:
+      package_set: nix                      # relative to the project root
+      scope: "{{ env.NIX_SCOPE }}"          # any value may come from the environment
+      translation: {group_name: nix, key_prefix: [], code_versions: true, checks: true}
+      include_update: true                  # the upstream-following update job and its two sensors
+
+Its state is the evaluated package graph (``load_package_graph``), a JSON document kept where the framework
+keeps local state (``<defs folder>/.local_defs_state/<key>/state``) with a *fingerprint* of everything the
+evaluation read: the content of every file under the package-set directory, the Nix-relevant attributes
+(``executable``, ``scope``, ``nix_args``, ``nix_config``), the Nix executable and the host interpreter (path,
+size, modification time), ``NIX_PATH``, the platform, and this package's evaluation code (``graph.py``,
+``*.nix``). Loading the definitions computes the fingerprint without running anything; when the stored one
+matches, the assets are built from the state and Nix is not run. When the state is missing or its
+fingerprint differs, the component evaluates the package set with Nix, writes the state (atomically:
+a temporary file renamed over the old one) through the framework's ``refresh_state``, and builds from that.
+``dg utils refresh-defs-state`` forces a refresh.
+
+Underneath is the Python API: ``nix_assets(graph, translator=DagsterNixTranslator(settings))`` with the
+resource ``NixResource``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from dagster import (
+    AssetSelection,
+    AutomationConditionSensorDefinition,
+    DefaultSensorStatus,
+    Definitions,
+    in_process_executor,
+)
+from dagster._core.definitions.definitions_load_context import DefinitionsLoadContext, DefinitionsLoadType
+from dagster._core.storage.defs_state.base import DefsStateStorage
+from dagster._utils.env import using_dagster_dev
+from dagster.components import ComponentLoadContext, Model, Resolvable, StateBackedComponent
+from dagster.components.utils.defs_state import DefsStateConfig, DefsStateConfigArgs, ResolvedDefsStateConfig
+from dagster_shared.serdes.objects.models.defs_state_info import DefsStateManagementType
+from pydantic import Field, PrivateAttr
+
+from . import graph as graph_module
+from .assets import nix_assets
+from .graph import NixPackageGraph, load_package_graph
+from .nix_settings import DEFAULT_HOST_PYTHON, DEFAULT_NIX_CONFIG
+from .resource import NixResource
+from .sensors import package_automation_condition, update_definitions
+from .translator import DagsterNixTranslator, DagsterNixTranslatorSettings
+
+STATE_FORMAT = 1
+
+
+# ---- the state: the package graph as JSON, generic over the dataclasses' fields ---------------------------
+
+
+def to_json(graph: NixPackageGraph) -> dict[str, Any]:
+    """The graph as a JSON-able document (every dataclass field, nested dataclasses and mappings included)."""
+    return _plain(graph)
+
+
+def from_json(data: Mapping[str, Any]) -> NixPackageGraph:
+    """The graph of a :func:`to_json` document. Fields the document lacks take their defaults; keys the
+    dataclasses no longer have are ignored."""
+    return _build(NixPackageGraph, data)
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _build(tp: Any, value: Any) -> Any:
+    """``value`` (from JSON) as an instance of the annotation ``tp``."""
+    if value is None:
+        return None
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _build(options[0], value) if len(options) == 1 else value
+    if dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp, vars(sys.modules[tp.__module__]))
+        known = {f.name for f in dataclasses.fields(tp) if f.init}
+        return tp(**{k: _build(hints[k], v) for k, v in value.items() if k in known})
+    if origin is not None and issubclass(origin, Mapping):
+        args = typing.get_args(tp)
+        return {k: _build(args[1], v) for k, v in value.items()} if args else dict(value)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        item = args[0] if args else Any
+        return tuple(_build(item, v) for v in value)
+    if origin is list:
+        args = typing.get_args(tp)
+        return [_build(args[0] if args else Any, v) for v in value]
+    return value
+
+
+def _schema(tp: Any, seen: set | None = None) -> list[str]:
+    """Field names of ``tp`` and the dataclasses it nests: part of the fingerprint, so a state written by a
+    version of the graph with other fields is evaluated again."""
+    seen = set() if seen is None else seen
+    if not dataclasses.is_dataclass(tp) or tp in seen:
+        return []
+    seen.add(tp)
+    hints = typing.get_type_hints(tp, vars(sys.modules[tp.__module__]))
+    out = [f"{tp.__name__}.{f.name}" for f in dataclasses.fields(tp)]
+    for f in dataclasses.fields(tp):
+        stack = [hints[f.name]]
+        while stack:
+            t = stack.pop()
+            stack.extend(typing.get_args(t))
+            out += _schema(t, seen)
+    return out
+
+
+# ---- the fingerprint ----------------------------------------------------------------------------------
+
+
+def _file_identity(path: str | None) -> dict[str, Any] | None:
+    """A program's identity without running it: its real path, size and modification time."""
+    if not path:
+        return None
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+    except OSError:
+        return {"path": real, "missing": True}
+    return {"path": real, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def tree_digest(directory: Path) -> str:
+    """Content hash of every file under ``directory`` (relative paths and bytes, in sorted order)."""
+    digest = hashlib.sha256()
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if d != ".git")
+        for name in sorted(files):
+            path = Path(root) / name
+            digest.update(str(path.relative_to(directory)).encode() + b"\0")
+            try:
+                digest.update(hashlib.sha256(path.read_bytes()).digest())
+            except OSError as exc:  # a dangling out-link, say: its absence is its content
+                digest.update(f"unreadable: {exc.__class__.__name__}".encode())
+    return digest.hexdigest()
+
+
+def _code_digest() -> str:
+    """This package's evaluation code: ``graph.py`` and the shipped ``*.nix``."""
+    here = Path(graph_module.__file__).parent
+    digest = hashlib.sha256()
+    for path in [Path(graph_module.__file__), *sorted(here.glob("*.nix"))]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+# ---- the component ------------------------------------------------------------------------------------
+
+
+class NixTranslation(Model, Resolvable):
+    """How packages become asset specs (:class:`DagsterNixTranslatorSettings`)."""
+
+    group_name: str | None = Field(
+        default="nix", description="Asset group of every package (null: `default`)."
+    )
+    key_prefix: list[str] = Field(default_factory=list, description="Prefix of every asset key.")
+    code_versions: bool = Field(
+        default=True,
+        description="`code_version` = the derivation's hash (the UI marks changed packages stale).",
+    )
+    checks: bool = Field(
+        default=True, description="One asset check per test of each package's `passthru.tests`."
+    )
+
+
+class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
+    """Every package of a Nix package set an asset, every build a materialization; the graph evaluated by
+    Nix once and kept as the component's state until a file of the set or a Nix-relevant attribute changes."""
+
+    package_set: str = Field(
+        default="nix",
+        description="The package-set directory (`default.nix`, `packages/<attr>.nix`), relative to the project root.",
+    )
+    executable: str = Field(
+        default="nix", description="The `nix` executable (name on PATH or absolute path)."
+    )
+    scope: str | None = Field(
+        default="auto", description="`--argstr scope` (auto | bootstrap | nixpkgs); null omits it."
+    )
+    nix_args: dict[str, str] | None = Field(
+        default=None, description="Further `--argstr <k> <v>` of the package set."
+    )
+    nix_config: str = Field(default=DEFAULT_NIX_CONFIG, description="NIX_CONFIG of every Nix command.")
+    out_link_dir: str = Field(
+        default=".nix-results",
+        description="Folder of the out-links `result-<attr>` (GC roots), relative to the project root.",
+    )
+    max_jobs: int | None = Field(
+        default_factory=os.cpu_count,
+        description="`--max-jobs` of `nix build` (default: the number of cores; null: Nix's configuration).",
+    )
+    cores: int | None = Field(default=None, description="`--cores` of `nix build`.")
+    builders: str | None = Field(default=None, description="Remote builders (`--builders`).")
+    extra_options: dict[str, str] | None = Field(
+        default=None, description="Further `--option <name> <value>`."
+    )
+    translation: NixTranslation = Field(
+        default_factory=NixTranslation, description="How packages become assets."
+    )
+    automation: bool = Field(
+        default=True,
+        description="Eager automation condition on every package and the sensor `nix_packages_automation` "
+        "(stopped until turned on).",
+    )
+    include_update: bool = Field(
+        default=True,
+        description="The update job following upstream and its two sensors (stopped), committing to the project's "
+        "checkout.",
+    )
+    defs_state: ResolvedDefsStateConfig = Field(
+        default_factory=lambda: DefsStateConfigArgs(
+            management_type=DefsStateManagementType.LOCAL_FILESYSTEM, refresh_if_dev=False
+        ),
+        description="Where the evaluated graph is kept. `refresh_if_dev: true` evaluates on every dev load even "
+        "when the state is fresh.",
+    )
+
+    _project_root: Path | None = PrivateAttr(default=None)
+
+    @classmethod
+    def load(cls, attributes, context: ComponentLoadContext):  # type: ignore[override]
+        component = super().load(attributes, context)
+        component._project_root = context.project_root
+        return component
+
+    # ---- paths and the resource ----
+
+    @property
+    def project_root(self) -> Path:
+        """The dg project's root (the working directory when built outside a project)."""
+        return self._project_root or Path.cwd()
+
+    def _path(self, value: str) -> Path:
+        return (self.project_root / value).resolve()
+
+    @property
+    def package_dir(self) -> Path:
+        return self._path(self.package_set)
+
+    @property
+    def defs_state_config(self) -> DefsStateConfig:
+        return DefsStateConfig.from_args(
+            self.defs_state, default_key=f"NixPackageSetComponent[{self.package_set}]"
+        )
+
+    def nix_resource(self) -> NixResource:
+        """The resource the assets build with (every path absolute)."""
+        return NixResource(
+            executable=self.executable,
+            nix_dir=str(self.package_dir),
+            scope=self.scope,
+            out_link_dir=str(self._path(self.out_link_dir)),
+            max_jobs=self.max_jobs,
+            cores=self.cores,
+            builders=self.builders,
+            extra_options=self.extra_options,
+            nix_args=self.nix_args,
+            nix_config=self.nix_config,
+        )
+
+    def translator(self) -> DagsterNixTranslator:
+        t = self.translation
+        return DagsterNixTranslator(DagsterNixTranslatorSettings(
+            enable_code_versions=t.code_versions,
+            enable_asset_checks=t.checks,
+            group_name=t.group_name,
+            key_prefix=tuple(t.key_prefix),
+            automation_condition=package_automation_condition() if self.automation else None,
+        ))  # fmt: skip
+
+    # ---- state ----
+
+    def fingerprint_inputs(self) -> dict[str, Any]:
+        """What the evaluation depends on, computed without running anything."""
+        nix_args = dict(self.nix_args or {})
+        return {
+            "format": STATE_FORMAT,
+            "package_set": str(self.package_dir),
+            "files": tree_digest(self.package_dir) if self.package_dir.is_dir() else None,
+            "executable": self.executable,
+            "nix": _file_identity(shutil.which(self.executable)),
+            "host_python": _file_identity(nix_args.get("hostPython", DEFAULT_HOST_PYTHON)),
+            "scope": self.scope,
+            "nix_args": nix_args,
+            "nix_config": self.nix_config,
+            "nix_path": os.environ.get("NIX_PATH"),
+            "platform": [sys.platform, platform.machine()],
+            "code": _code_digest(),
+            "schema": _schema(NixPackageGraph),
+        }
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.fingerprint_inputs(), sort_keys=True).encode()).hexdigest()
+
+    def write_state_to_path(self, state_path: Path) -> None:
+        """Evaluate the package set with Nix; write graph and fingerprint (a temporary file, then a rename)."""
+        nix = self.nix_resource()
+        fingerprint = self.fingerprint()  # before evaluating: an edit during the evaluation is seen next time
+        graph = load_package_graph(nix)
+        document = {
+            "format": STATE_FORMAT,
+            "fingerprint": fingerprint,
+            "nix_version": str(nix.cli().nix_version()),
+            "graph": to_json(graph),
+        }
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = state_path.with_name(f".{state_path.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(document, indent=1, sort_keys=True))
+        os.replace(temporary, state_path)
+
+    @staticmethod
+    def read_state(state_path: Path | None) -> dict[str, Any] | None:
+        """The state document at ``state_path``, or None when there is none (or it cannot be read)."""
+        if state_path is None or not state_path.is_file():
+            return None
+        try:
+            document = json.loads(state_path.read_text())
+        except (OSError, ValueError):
+            return None
+        return document if isinstance(document, dict) and document.get("format") == STATE_FORMAT else None
+
+    def _current_state(self, context: ComponentLoadContext) -> dict[str, Any] | None:
+        with DefinitionsLoadContext.get().state_path(
+            self.defs_state_config, DefsStateStorage.get(), context.project_root
+        ) as state_path:
+            return self.read_state(state_path)
+
+    def build_defs(self, context: ComponentLoadContext) -> Definitions:
+        """Build from the state; evaluate with Nix first only when it is missing or stale."""
+        self._project_root = context.project_root
+        config = self.defs_state_config
+        if config.management_type == DefsStateManagementType.LEGACY_CODE_SERVER_SNAPSHOTS:
+            return super().build_defs(context)
+        load_context = DefinitionsLoadContext.get()
+        state = self._current_state(context)
+        forced = using_dagster_dev() and config.refresh_if_dev
+        stale = state is None or state.get("fingerprint") != self.fingerprint()
+        # A run worker (reconstruction) builds from the state its code server loaded, fresh or not.
+        if state is None or (
+            (stale or forced) and load_context.load_type == DefinitionsLoadType.INITIALIZATION
+        ):
+            version = asyncio.run(self.refresh_state(context.project_root))
+            load_context.add_defs_state_info(config.key, version)
+            state = self._current_state(context)
+        return self.build_defs_from_document(state)
+
+    def build_defs_from_state(self, context: ComponentLoadContext, state_path: Path | None) -> Definitions:
+        self._project_root = context.project_root
+        return self.build_defs_from_document(self.read_state(state_path))
+
+    def build_defs_from_document(self, state: Mapping[str, Any] | None) -> Definitions:
+        """The definitions of one state document: the assets, the resource and the extras."""
+        if state is None:
+            raise RuntimeError(
+                f"NixPackageSetComponent: no state for {self.package_dir} (key {self.defs_state_config.key!r}); "
+                "run `dg utils refresh-defs-state`."
+            )
+        graph = from_json(state["graph"])
+        # Rebuild downstream packages after a dependency changes, and retry a failed one once its dependency
+        # is fixed. Stopped until turned on: on its first tick it builds every missing package.
+        automation = AutomationConditionSensorDefinition(
+            "nix_packages_automation", target=AssetSelection.all(), default_status=DefaultSensorStatus.STOPPED
+        )
+        packages = Definitions(
+            assets=[nix_assets(graph, translator=self.translator())],
+            resources={"nix": self.nix_resource()},
+            sensors=[automation] if self.automation else [],
+            # All packages are built by one step (one `nix build`): a step subprocess would only load the
+            # definitions a second time.
+            executor=in_process_executor,
+        )
+        if not self.include_update:
+            return packages
+        return Definitions.merge(
+            packages,
+            # The update job and the upstream sensors: they edit and commit <package set>/pins.json.
+            update_definitions(
+                repo_dir=self.project_root,
+                nix_dir=os.path.relpath(self.package_dir, self.project_root),
+                scope=self.scope,
+                nix_config=self.nix_config,
+                key_prefix=tuple(self.translation.key_prefix),
+            ),
+        )

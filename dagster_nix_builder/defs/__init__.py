@@ -1,0 +1,1 @@
+"""The project's defs folder (``dg``): ``packages/defs.yaml`` configures the package set's component."""
