@@ -76,7 +76,7 @@ def test_graph_nix_exports_every_packages_tests_with_blocking_and_description():
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(proc.stdout)
     assert {attr: {name: t["blocking"] for name, t in info["tests"].items()} for attr, info in data.items()} == TESTS
-    for attr, info in data.items():
+    for info in data.values():
         assert info["evalFailed"] is False
         for name, test in info["tests"].items():
             # outputs as a package's: Nix would write a set with an outPath attribute as that string.
@@ -126,10 +126,10 @@ def test_the_nixpkgs_scope_wires_the_same_tests():
     ],
 )
 def test_a_version_test_that_cannot_check_anything_fails_at_evaluation(args: str, message: str):
-    proc = run(["nix-instantiate", "--eval", "-E",
-                f"let s = import {NIX_DIR} {{}}; t = import {NIX_DIR}/package-tests.nix "
-                f"{{ inherit (import {NIX_DIR}/bootstrap {{}}) runCommand python3; }}; "
-                f"in (t.version {{ package = s.dagster; {args} }}).drvPath"])
+    expr = (f"let s = import {NIX_DIR} {{}}; t = import {NIX_DIR}/package-tests.nix "
+            f"{{ inherit (import {NIX_DIR}/bootstrap {{}}) runCommand python3; }}; "
+            f"in (t.version {{ package = s.dagster; {args} }}).drvPath")
+    proc = run(["nix-instantiate", "--eval", "-E", expr])
     assert proc.returncode != 0
     assert message in proc.stderr
 
@@ -161,11 +161,11 @@ def test_every_test_of_one_package_passes_and_says_what_it_checked():
     [
         # A module nothing provides.
         ('[ "dagster_pipes" "no_such_module_here" ]',
-         ["`import no_such_module_here`: ModuleNotFoundError", "module 'no_such_module_here' is not in the package's "
-          "closure and no known Nix input provides it"]),
+         ["`import no_such_module_here`: ModuleNotFoundError",
+          "module 'no_such_module_here' is not in the package's closure and no known Nix input provides it"]),
         # A module a pinned wheel provides, but not in this package's closure: the fix is named.
-        ('[ "yaml" ]', ["`import yaml`", "module 'yaml' is not in the package's closure: it is provided by "
-                        "python3Packages.pyyaml, add that to the package's dependencies"]),
+        ('[ "yaml" ]', ["`import yaml`", ("module 'yaml' is not in the package's closure: it is provided by "
+                                          "python3Packages.pyyaml, add that to the package's dependencies")]),
     ],
     ids=["unknown", "known"],
 )
