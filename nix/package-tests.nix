@@ -242,22 +242,41 @@ let
                 "which this package set does not do (the release sdists carry it)")
 
 
+    def reap():
+        """Collect every exited child: the server, and its children once they are orphaned (below)."""
+        while True:
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    return
+            except ChildProcessError:
+                return
+
+
     def kill_group(proc):
-        """SIGTERM to the server's process group (it and its code server), SIGKILL after 10 s; waits."""
+        """SIGTERM to the server's process group (it and its code server), SIGKILL after 10 s; returns
+        when none of them is left."""
         for signum, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
             try:
                 os.killpg(proc.pid, signum)
             except ProcessLookupError:
-                break
+                return
             deadline = time.monotonic() + grace
             while time.monotonic() < deadline:
-                proc.poll()
+                reap()
                 try:
                     os.killpg(proc.pid, 0)
                 except ProcessLookupError:
                     return
                 time.sleep(0.1)
-        proc.wait()
+
+
+    # Orphans of the server (its code server) become our children, so they are reaped here, not left
+    # as zombies that still count as members of its process group (Linux; elsewhere a no-op).
+    try:
+        import ctypes
+        ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
 
 
     if not os.access(EXE, os.X_OK):
@@ -290,7 +309,7 @@ let
     try:
         while True:
             if proc.poll() is not None:
-                problem = f"the webserver exited ({proc.returncode}) before answering"
+                problem = f"the webserver exited (status {proc.returncode}) before answering"
                 break
             if time.monotonic() - started > TIMEOUT:
                 problem = f"the webserver did not answer within {TIMEOUT:g} s"
