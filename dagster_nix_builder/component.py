@@ -1,4 +1,4 @@
-"""``NixPackageSetComponent``: a Nix package set as a state-backed Dagster component, configured in ``defs.yaml``.
+"""``NixPackageSetComponent``: a Nix package set as a state-backed Dagster component (``defs.yaml``).
 
 .. code-block:: yaml
 
@@ -41,6 +41,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
 from dagster import (
     AssetSelection,
     AutomationConditionSensorDefinition,
@@ -54,10 +55,11 @@ from dagster._utils.env import using_dagster_dev
 from dagster.components import ComponentLoadContext, Model, Resolvable, StateBackedComponent
 from dagster.components.utils.defs_state import DefsStateConfig, DefsStateConfigArgs, ResolvedDefsStateConfig
 from dagster_shared.serdes.objects.models.defs_state_info import DefsStateManagementType
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, ValidationError
 
 from . import graph as graph_module
 from .assets import nix_assets
+from .errors import NixConfigError
 from .graph import NixPackageGraph, load_package_graph
 from .nix_settings import DEFAULT_HOST_PYTHON, DEFAULT_NIX_CONFIG
 from .resource import NixResource
@@ -173,82 +175,82 @@ def _code_digest() -> str:
     return digest.hexdigest()
 
 
+# ---- errors in defs.yaml ------------------------------------------------------------------------------
+
+
+def _line_of(defs_yaml: Path, keys: tuple) -> int | None:
+    """Line of the deepest of ``keys`` (a path of mapping keys) found in ``defs_yaml``."""
+    try:
+        node = yaml.compose(defs_yaml.read_text(), Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        return None
+    line = None
+    for key in keys:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        match = next(((k, v) for k, v in node.value if getattr(k, "value", None) == str(key)), None)
+        if match is None:
+            break
+        line, node = match[0].start_mark.line + 1, match[1]
+    return line
+
+
+def _attribute_errors(path: Path, exc: ValidationError) -> str:
+    """One line per invalid attribute: ``<defs.yaml>:<line>: attributes.<key>: <what is wrong> (got ...)``."""
+    defs_yaml = path / "defs.yaml" if path.is_dir() else path
+    lines = []
+    for error in exc.errors():
+        keys = tuple(str(k) for k in error["loc"])
+        line = _line_of(defs_yaml, ("attributes", *keys))
+        where = f"{defs_yaml}:{line}" if line else str(defs_yaml)
+        lines.append(f"{where}: attributes.{'.'.join(keys)}: {error['msg']} (got {error['input']!r})")
+    return "\n".join(lines)
+
+
 # ---- the component ------------------------------------------------------------------------------------
 
 
 class NixTranslation(Model, Resolvable):
     """How packages become asset specs (:class:`DagsterNixTranslatorSettings`)."""
 
-    group_name: str | None = Field(
-        default="nix", description="Asset group of every package (null: `default`)."
-    )
+    group_name: str | None = Field(default="nix", description="Asset group of the packages.")
     key_prefix: list[str] = Field(default_factory=list, description="Prefix of every asset key.")
-    code_versions: bool = Field(
-        default=True,
-        description="`code_version` = the derivation's hash (the UI marks changed packages stale).",
-    )
-    checks: bool = Field(
-        default=True, description="One asset check per test of each package's `passthru.tests`."
-    )
+    code_versions: bool = Field(default=True, description="code_version = derivation hash.")
+    checks: bool = Field(default=True, description="A check per passthru.tests test.")
 
 
 class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
     """Every package of a Nix package set an asset, every build a materialization; the graph evaluated by
     Nix once and kept as the component's state until a file of the set or a Nix-relevant attribute changes."""
 
-    package_set: str = Field(
-        default="nix",
-        description="The package-set directory (`default.nix`, `packages/<attr>.nix`), relative to the project root.",
-    )
-    executable: str = Field(
-        default="nix", description="The `nix` executable (name on PATH or absolute path)."
-    )
-    scope: str | None = Field(
-        default="auto", description="`--argstr scope` (auto | bootstrap | nixpkgs); null omits it."
-    )
-    nix_args: dict[str, str] | None = Field(
-        default=None, description="Further `--argstr <k> <v>` of the package set."
-    )
+    package_set: str = Field(default="nix", description="Package-set directory (relative: to the project).")
+    executable: str = Field(default="nix", description="The `nix` executable (on PATH or a path).")
+    scope: str | None = Field(default="auto", description="auto | bootstrap | nixpkgs; null: none.")
+    nix_args: dict[str, str] | None = Field(default=None, description="Further `--argstr <k> <v>`.")
     nix_config: str = Field(default=DEFAULT_NIX_CONFIG, description="NIX_CONFIG of every Nix command.")
-    out_link_dir: str = Field(
-        default=".nix-results",
-        description="Folder of the out-links `result-<attr>` (GC roots), relative to the project root.",
-    )
-    max_jobs: int | None = Field(
-        default_factory=os.cpu_count,
-        description="`--max-jobs` of `nix build` (default: the number of cores; null: Nix's configuration).",
-    )
+    out_link_dir: str = Field(default=".nix-results", description="Out-link folder (GC roots).")
+    max_jobs: int | None = Field(default_factory=os.cpu_count, description="`--max-jobs` (default: cores).")
     cores: int | None = Field(default=None, description="`--cores` of `nix build`.")
     builders: str | None = Field(default=None, description="Remote builders (`--builders`).")
-    extra_options: dict[str, str] | None = Field(
-        default=None, description="Further `--option <name> <value>`."
-    )
-    translation: NixTranslation = Field(
-        default_factory=NixTranslation, description="How packages become assets."
-    )
-    automation: bool = Field(
-        default=True,
-        description="Eager automation condition on every package and the sensor `nix_packages_automation` "
-        "(stopped until turned on).",
-    )
-    include_update: bool = Field(
-        default=True,
-        description="The update job following upstream and its two sensors (stopped), committing to the project's "
-        "checkout.",
-    )
+    extra_options: dict[str, str] | None = Field(default=None, description="Further `--option <k> <v>`.")
+    translation: NixTranslation = Field(default_factory=NixTranslation, description="Packages to specs.")
+    automation: bool = Field(default=True, description="Eager condition, sensor (stopped).")
+    include_update: bool = Field(default=True, description="The update job and its sensors.")
     defs_state: ResolvedDefsStateConfig = Field(
         default_factory=lambda: DefsStateConfigArgs(
             management_type=DefsStateManagementType.LOCAL_FILESYSTEM, refresh_if_dev=False
         ),
-        description="Where the evaluated graph is kept. `refresh_if_dev: true` evaluates on every dev load even "
-        "when the state is fresh.",
+        description="Where the evaluated graph is kept (`refresh_if_dev: true`: evaluate on every dev load).",
     )
 
     _project_root: Path | None = PrivateAttr(default=None)
 
     @classmethod
     def load(cls, attributes, context: ComponentLoadContext):  # type: ignore[override]
-        component = super().load(attributes, context)
+        try:
+            component = super().load(attributes, context)
+        except ValidationError as exc:
+            raise NixConfigError(_attribute_errors(context.path, exc)) from None
         component._project_root = context.project_root
         return component
 
