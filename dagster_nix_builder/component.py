@@ -19,10 +19,7 @@ size, modification time), ``NIX_PATH``, the platform, and this package's evaluat
 matches, the assets are built from the state and Nix is not run. When the state is missing or its
 fingerprint differs, the component evaluates the package set with Nix, writes the state (atomically:
 a temporary file renamed over the old one) through the framework's ``refresh_state``, and builds from that.
-``dg utils refresh-defs-state`` forces a refresh.
-
-Underneath is the Python API: ``nix_assets(graph, translator=DagsterNixTranslator(settings))`` with the
-resource ``NixResource``.
+``dg utils refresh-defs-state`` forces a refresh. Underneath: ``nix_assets``, ``NixResource``, the translator.
 """
 
 from __future__ import annotations
@@ -55,7 +52,7 @@ from dagster._utils.env import using_dagster_dev
 from dagster.components import ComponentLoadContext, Model, Resolvable, StateBackedComponent
 from dagster.components.utils.defs_state import DefsStateConfig, DefsStateConfigArgs, ResolvedDefsStateConfig
 from dagster_shared.serdes.objects.models.defs_state_info import DefsStateManagementType
-from pydantic import Field, PrivateAttr, ValidationError
+from pydantic import Field, PrivateAttr, ValidationError, field_validator
 
 from . import graph as graph_module
 from .assets import nix_assets
@@ -245,6 +242,14 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
 
     _project_root: Path | None = PrivateAttr(default=None)
 
+    @field_validator("nix_args", "extra_options", mode="before")
+    @classmethod
+    def _strings(cls, value: Any) -> Any:
+        # Rendering turns '3.5' (quoted in YAML, or from {{ env.X }}) into a number; Nix takes strings.
+        if isinstance(value, Mapping):
+            return {k: v if isinstance(v, str) else json.dumps(v) for k, v in value.items()}
+        return value
+
     @classmethod
     def load(cls, attributes, context: ComponentLoadContext):  # type: ignore[override]
         try:
@@ -400,9 +405,7 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
             # definitions a second time.
             executor=in_process_executor,
         )
-        if not self.include_update:
-            return packages
-        return Definitions.merge(
+        return packages if not self.include_update else Definitions.merge(
             packages,
             # The update job and the upstream sensors: they edit and commit <package set>/pins.json.
             update_definitions(
