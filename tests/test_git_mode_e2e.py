@@ -1,6 +1,6 @@
 """Git mode from zero, as issue 8 says it is done: a fresh clone of this project and a local bare upstream
 in Dagster's monorepo layout. The documented command pins the branch head, all six build and pass their
-checks (the webserver smoke check included); after a push the commit sensor requests one run, whose update
+checks (its passthru.tests, the webserver test included); after a push the commit sensor requests one run, whose update
 pins the new commit and commits `dagster-src: OLD -> NEW`; no file is edited by hand in between, and
 `result-dagster/bin/dagster --version` reports the source's own version.
 
@@ -116,7 +116,7 @@ def monorepo_upstream(root: Path) -> tuple[Upstream, str]:
     shutil.copytree(tree, upstream.work, dirs_exist_ok=True)
     subprocess.run(["chmod", "-R", "u+w", str(upstream.work)], check=True)
     # The monorepo does not track the compiled UI (webapp/build); the release sdists carry it. With it the
-    # smoke check can pass here, where the UI cannot be built from js_modules. Its .gitignore would drop it.
+    # webserver test can pass here, where the UI cannot be built from js_modules. Its .gitignore would drop it.
     git(upstream.work, "add", "-A", "-f")
     return upstream, upstream.push({}, "the monorepo at 1.13.27")
 
@@ -161,7 +161,8 @@ def test_fresh_clone_pins_builds_and_follows_a_local_monorepo_upstream() -> None
         assert pins["git"]["url"] == upstream.url and pins["git"]["rev"] == rev1
         assert pins["git"]["hash"].startswith("sha256-") and pins["git"]["version"] == "1.13.27"
         assert git(clone, "log", "-1", "--format=%s") == f"dagster-src: 1.13.27 -> {rev1}"
-        for check in ("dagster-shared: imports", "dagster: cli_version", "dagster-webserver: smoke"):
+        # The checks are the packages' passthru.tests, built by the update as a materialization builds them.
+        for check in ("dagster-shared: imports", "dagster: version", "dagster-webserver: webserver"):
             assert f"check passed: {check}" in log, log[-5000:]
 
         # 2. A push; the commit sensor requests one run, which pins the new commit and commits.
@@ -192,7 +193,7 @@ def test_fresh_clone_pins_builds_and_follows_a_local_monorepo_upstream() -> None
                                  capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
         assert version == "dagster, version 1.13.28"
 
-        # 4. Without the compiled UI, as Dagster's own repository is: the smoke check fails the update,
+        # 4. Without the compiled UI, as Dagster's own repository is: the webserver test fails the update,
         # which commits nothing and leaves the pins as they were.
         shutil.rmtree(upstream.work / UI_BUILD)
         rev3 = upstream.push({}, "no compiled UI, as in the monorepo")
@@ -204,7 +205,8 @@ def test_fresh_clone_pins_builds_and_follows_a_local_monorepo_upstream() -> None
         )  # fmt: skip
         log = failed.stdout + failed.stderr
         assert failed.returncode != 0
-        assert "update failed at step 'check': dagster-webserver: check smoke failed" in log, log[-5000:]
+        assert "update failed at step 'check': dagster-webserver: check webserver failed" in log, log[-5000:]
+        assert "dagster-webserver.tests.webserver" in log
         assert f"has no {UI_BUILD.split('/', 2)[2]} (the compiled UI), so it answers 500 on /" in log
         assert rev3[:12] in log
         assert git(clone, "rev-parse", "HEAD") == head and (clone / "nix/pins.json").read_bytes() == pins_now
