@@ -1,13 +1,16 @@
-"""The real UI: ``dagster dev -w workspace.yaml`` on the repo's ``nix/`` and a real headless Chromium.
+"""The real UI: ``dg dev`` in the repository root (the dg project; its component on ``nix/``) and a real
+headless Chromium.
 
-The test starts ``dagster dev`` from the venv on 127.0.0.1 and a free port with a temporary
-``DAGSTER_HOME``, waits until the code location has loaded (loading only evaluates Nix, nothing is built),
-then checks the asset graph three ways against the graph Nix reports:
+The test starts ``dg dev`` from the venv on 127.0.0.1 and a free port with a temporary ``DAGSTER_HOME``
+(an exported one wins over the project's ``.env``), waits until the code location has loaded (loading only
+evaluates Nix, or reads the component's fresh state; nothing is built), then checks the asset graph and its
+checks against the graph Nix reports:
 
-* the GraphQL API: ``assetNodes`` with their ``dependencyKeys``;
+* the GraphQL API: ``assetNodes`` with their ``dependencyKeys`` and their asset checks;
 * the lineage page ``/asset-groups`` rendered by Chromium: one node per package, and one SVG edge per
   Nix dependency, matched to its two nodes by geometry;
-* a screenshot of that page, saved to ``docs/asset-graph.png`` (the README shows it).
+* a screenshot of that page, saved to ``docs/asset-graph.png`` (the README shows it);
+* each package's checks page lists the checks of its ``passthru.tests``.
 
 Chromium is driven through the Chrome DevTools Protocol over a websocket (``websockets``), so no
 browser download is needed: Debian's ``/usr/bin/chromium`` is enough. The whole server process group is
@@ -125,7 +128,10 @@ LOCATIONS_QUERY = """
 { workspaceOrError { __typename ... on Workspace { locationEntries { name loadStatus
     locationOrLoadError { __typename ... on PythonError { message } } } } } }
 """
-ASSET_NODES_QUERY = "{ assetNodes { assetKey { path } dependencyKeys { path } groupName } }"
+ASSET_NODES_QUERY = """
+{ assetNodes { assetKey { path } dependencyKeys { path } groupName
+    assetChecksOrError { __typename ... on AssetChecks { checks { name } } } } }
+"""
 
 
 @pytest.fixture(scope="module")
@@ -136,14 +142,13 @@ def nix_graph():
 
 @pytest.fixture(scope="module")
 def dagster_dev(tmp_path_factory) -> Iterator[str]:
-    """``dagster dev -w workspace.yaml`` on a free port; yields its base URL once the location loaded."""
+    """``dg dev`` in the repo root on a free port; yields its base URL once the location loaded."""
     home = tmp_path_factory.mktemp("dagster_home")
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_NIX_")}
-    env.update(DAGSTER_HOME=str(home), NIX_CONFIG=NIX_CONFIG, DAGSTER_NIX_OUT_LINK_DIR=str(home / "results"))
-    log_path = home / "dagster-dev.log"
-    dagster = Path(sys.executable).with_name("dagster")
-    command = [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_IS_DEV_CLI"}
+    env.update(DAGSTER_HOME=str(home), NIX_CONFIG=NIX_CONFIG)
+    log_path = home / "dg-dev.log"
+    command = [str(Path(sys.executable).with_name("dg")), "dev", "-h", "127.0.0.1", "-p", str(port)]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             command, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -156,10 +161,10 @@ def dagster_dev(tmp_path_factory) -> Iterator[str]:
         last: object = None
         while True:
             if proc.poll() is not None:
-                raise AssertionError(f"dagster dev exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+                raise AssertionError(f"dg dev exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
             if time.monotonic() > deadline:
                 raise AssertionError(
-                    f"dagster dev did not load the location in {SERVER_TIMEOUT_S}s (last: {last}):\n"
+                    f"dg dev did not load the location in {SERVER_TIMEOUT_S}s (last: {last}):\n"
                     + log_path.read_text()[-4000:]
                 )
             try:
@@ -337,6 +342,12 @@ def test_asset_graph_in_the_ui(dagster_dev: str, nix_graph, chromium: Chromium) 
     }
     assert {"/".join(n["assetKey"]["path"]) for n in nodes} == names
     assert api_edges == nix_edges
+    tests = {attr: sorted(nix_graph[attr].tests) for attr in names}
+    api_checks = {
+        "/".join(n["assetKey"]["path"]): sorted(c["name"] for c in n["assetChecksOrError"].get("checks", []))
+        for n in nodes
+    }
+    assert api_checks == tests and any(tests.values()), "each test of passthru.tests is a check"
 
     # The page: every package drawn as a node, every Nix edge drawn as an arrow between the right nodes.
     chromium.call("Page.navigate", url=f"{dagster_dev}/asset-groups")
@@ -371,3 +382,19 @@ def test_asset_graph_in_the_ui(dagster_dev: str, nix_graph, chromium: Chromium) 
         assert name in page_text
     chromium.screenshot(SCREENSHOT)
     assert SCREENSHOT.stat().st_size > 10_000
+
+    # The checks tab of each package with tests: every check listed by name.
+    for attr, names_of_checks in tests.items():
+        if not names_of_checks:
+            continue
+        chromium.call("Page.navigate", url=f"{dagster_dev}/assets/{attr}?view=checks")
+        deadline = time.monotonic() + PAGE_TIMEOUT_S
+        while True:
+            chromium.evaluate(SKIP_DIALOG_JS)
+            text = chromium.evaluate("document.body ? document.body.innerText : ''") or ""
+            if all(name in text for name in names_of_checks) and "Checks" in text:
+                break
+            if time.monotonic() > deadline:
+                chromium.screenshot(SCREENSHOT.with_name("asset-checks-failed.png"))
+                raise AssertionError(f"{attr}: the checks {names_of_checks} are not listed; page: {text[-2000:]}")
+            time.sleep(0.5)
