@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from . import processes
-from .errors import NixBuildError, NixCommandError, NixPackageSetError
+from .errors import NixBuildError, NixCommandError
 from .graph import NixPackage, NixPackageGraph, NixTest
 from .log_format import (
     ActivityProgress,
@@ -44,12 +44,25 @@ LOG_TAIL_LINES = 25
 # valid by other means than a build of ours, e.g. another process built them.
 PROBE_INTERVAL_S = 1.0
 DRV_IN_TEXT = re.compile(r"/nix/store/[0-9a-z]{32}-[^\s'\"`]+\.drv")
+# What Nix says when `--rebuild` gives an output other than the valid one.
+NONDETERMINISTIC = "may not be deterministic"
 
 Status = Literal["built", "valid", "failed"]
+Tail = Sequence[str]
+Note = str | None
+
+
+class _Settled:
+    status: Status
+
+    @property
+    def ok(self) -> bool:
+        """Whether the outputs are valid now (a package's: built; a test's: it passed)."""
+        return self.status != "failed"
 
 
 @dataclass(frozen=True)
-class PackageOutcome:
+class PackageOutcome(_Settled):
     """What happened to one selected package in this build."""
 
     attr: str
@@ -60,14 +73,9 @@ class PackageOutcome:
     reason: str | None = None
     log_tail: tuple[str, ...] = ()
 
-    @property
-    def ok(self) -> bool:
-        """Whether the package's outputs are valid now."""
-        return self.status != "failed"
-
 
 @dataclass(frozen=True)
-class TestOutcome:
+class TestOutcome(_Settled):
     """What happened to one selected test (a derivation of ``<attr>.tests``) in this build: it passed if
     its output is valid (built now, or already by an earlier build of the same derivation)."""
 
@@ -80,11 +88,8 @@ class TestOutcome:
     build_seconds: float = 0.0
     reason: str | None = None
     log_tail: tuple[str, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        """Whether the test passed (its output is valid)."""
-        return self.status != "failed"
+    note: str | None = None
+    """Said of a passing test, e.g. that a rebuild gave another output (the test is not deterministic)."""
 
 
 Outcome = PackageOutcome | TestOutcome
@@ -131,33 +136,21 @@ class NixBuild:
     """
 
     def __init__(
-        self,
-        cli: NixCli,
-        graph: NixPackageGraph,
-        targets: Sequence[Target],
-        *,
-        rebuild: bool = False,
+        self, cli: NixCli, graph: NixPackageGraph, targets: Sequence[Target], *, rebuild: bool = False,
         log: Callable[[str], None] | None = None,
-    ) -> None:
-        unknown = sorted({t.attr for t in targets if t.attr not in graph})
-        if unknown:
-            raise NixPackageSetError(
-                f"Unknown Nix package(s) {', '.join(map(repr, unknown))} in {graph.nix_dir}; "
-                f"known: {', '.join(sorted(graph))}"
-            )
-        for target in targets:
-            if target.test is not None and target.test not in graph[target.attr].tests:
-                raise NixPackageSetError(
-                    f"Package {target.attr} has no test {target.test!r} (passthru.tests of "
-                    f"{graph[target.attr].file or target.attr}: {', '.join(graph[target.attr].tests) or 'none'})"
-                )
+    ) -> None:  # fmt: skip
+        graph.require([(t.attr, t.test) for t in targets])
         self.cli = cli
         self.graph = graph
         order = {attr: i for i, attr in enumerate(graph.topological_order())}
         self.targets = sorted(dict.fromkeys(targets), key=lambda t: (order[t.attr], t.test or ""))
         self.rebuild = rebuild
-        self.command = cli.build_command([t.installable for t in self.targets], rebuild=rebuild)
-        self._log = log or _print
+        # A package whose expression throws is not named to Nix: one installable that fails to evaluate
+        # fails the whole command, before anything builds. It fails alone, with Nix's error (graph.py).
+        self.unevaluable = [t for t in self.targets if graph[t.attr].eval_error]
+        buildable = [t.installable for t in self.targets if t not in self.unevaluable]
+        self.command = cli.build_command(buildable, rebuild=rebuild)
+        self._log = log or (lambda message: print(message, flush=True))
         self._by_drv = {self._drv(t): t for t in self.targets}
         self._builds: dict[str, _Build] = {}
         self._activities: dict[int, str] = {}  # activity id -> drv path of build activities
@@ -175,7 +168,6 @@ class NixBuild:
         self._last_probe = 0.0
         self._started = False
 
-    # ---- targets ---------------------------------------------------------------------------------
 
     def _drv(self, target: Target) -> str:
         package = self.graph[target.attr]
@@ -185,23 +177,20 @@ class NixBuild:
         package = self.graph[target.attr]
         return list(package.outputs.values()) if target.test is None else [package.tests[target.test].out_path]
 
-    @property
-    def attrs(self) -> list[str]:
-        """The packages of this build, dependencies first."""
-        return [t.attr for t in self.targets if t.test is None]
-
-    # ---- starting and stopping -------------------------------------------------------------------
 
     def start(self) -> NixBuild:
         """Report what is valid already (unless rebuilding), then start Nix; returns self."""
         self._started = True
+        for target in self.unevaluable:
+            self._record(target, "failed", self.graph[target.attr].eval_error)
         if not self.rebuild:
-            for target in self._valid(self.targets):
-                self._outcomes[target] = self._outcome(target, "valid")
-            if len(self._outcomes) == len(self.targets):
+            for target in self._valid([t for t in self.targets if t not in self._outcomes]):
+                self._record(target, "valid")
+        if len(self._outcomes) == len(self.targets):
+            if not self.rebuild:
                 self._log("Every output is valid already: nothing to build, no nix build started.")
-                self.returncode = 0
-                return self
+            self.returncode = 0
+            return self
         self._log(f"Running: {describe(self.command)}")
         self.process = self.cli.popen(self.command)
         self._threads = [
@@ -226,36 +215,29 @@ class NixBuild:
 
     def terminate(self) -> None:
         """Stop Nix: SIGTERM to its process group, wait, then SIGKILL. Nix stops its builders itself."""
-        proc = self.process
-        if proc is None or proc.poll() is not None:
-            return
-        self._log(f"Stopping nix (pid {proc.pid})")
-        self.returncode = processes.stop_group(proc)
+        if self.process is not None and self.process.poll() is None:
+            self._log(f"Stopping nix (pid {self.process.pid})")
+            self.returncode = processes.stop_group(self.process)
 
-    # ---- events ----------------------------------------------------------------------------------
 
     def _events(self, idle: float | None = None) -> Iterator[NixLogEvent | None]:
         """Parsed stderr events, plus ``None`` after each ``idle`` seconds without a line from Nix."""
-        try:
-            while True:
-                try:
-                    item = self._queue.get(timeout=idle)
-                except queue.Empty:
-                    yield None
-                    continue
-                if item is None:
-                    break
-                self._line_time, raw = item
-                event = parse_line(raw)
-                self._log_event(event)
-                yield event
-            assert self.process is not None
-            self.returncode = self.process.wait()
-            for thread in self._threads:
-                thread.join()
-        finally:
-            # Interrupted (run cancelled, generator closed, exception): never leave Nix behind.
-            self.terminate()
+        while True:  # (outcomes() stops Nix if this is interrupted)
+            try:
+                item = self._queue.get(timeout=idle)
+            except queue.Empty:
+                yield None
+                continue
+            if item is None:
+                break
+            self._line_time, raw = item
+            event = parse_line(raw)
+            self._log_event(event)
+            yield event
+        assert self.process is not None
+        self.returncode = self.process.wait()
+        for thread in self._threads:
+            thread.join()
 
     def _log_event(self, event: NixLogEvent) -> None:
         if isinstance(event, BuildLogLine):
@@ -264,12 +246,8 @@ class NixBuild:
             name = (target.installable if target else Path(build.drv_path).name) if build else "nix"
             # Build output goes to the compute log (stdout), not the event log: it can be long.
             print(f"[{name}] {event.line}", flush=True)
-        elif isinstance(event, NixMessage):
-            if event.is_error:
-                self.errors.append(event.msg)
-                print(event.msg, file=sys.stderr, flush=True)
-            elif event.level <= 3:
-                print(event.msg, flush=True)
+        elif isinstance(event, NixMessage) and (event.is_error or event.level <= 3):
+            print(event.msg, file=sys.stderr if event.is_error else sys.stdout, flush=True)
         elif isinstance(event, PlainLine) and event.text.strip():
             print(event.text, file=sys.stderr, flush=True)
 
@@ -278,12 +256,15 @@ class NixBuild:
         Nix exits) everything else. Does not raise for failures."""
         if not self._started:
             self.start()
-        yield from list(self._outcomes.values())
-        if self.process is None:
-            return
-        for event in self._events(idle=PROBE_INTERVAL_S):
-            yield from self.handle(event)
-        yield from self._finish()
+        try:
+            yield from list(self._outcomes.values())
+            if self.process is None:
+                return
+            for event in self._events(idle=PROBE_INTERVAL_S):
+                yield from self.handle(event)
+            yield from self.finish()
+        finally:
+            self.terminate()  # closed or interrupted at any yield: never leave Nix behind
 
     def handle(self, event: NixLogEvent | None) -> Iterator[Outcome]:
         """Feed one event (None: a quiet while); yields the outcomes it settles. Public for replays."""
@@ -308,6 +289,8 @@ class NixBuild:
             build = self._builds.get(self._activities.get(event.id, ""))
             if build is not None:
                 build.log.append(event.line)
+        elif isinstance(event, NixMessage) and event.is_error:
+            self.errors.append(event.msg)
         elif isinstance(event, ActivityProgress) and event.id == self._builds_activity:
             # Nix 2.8 stops build activities only at the very end; a rising "done" count is the first
             # structured sign that some build finished, so then look which outputs became valid.
@@ -346,34 +329,40 @@ class NixBuild:
         invalid = self.cli.invalid_paths([p for t in targets for p in self._paths(t)])
         return {t for t in targets if not invalid.intersection(self._paths(t))}
 
-    def _outcome(self, target: Target, status: Status, reason: str | None = None, tail: Sequence[str] = ()) -> Outcome:
+    def _record(self, target: Target, status: Status, reason: Note = None, tail: Tail = (), note: Note = None) -> Outcome:
+        """The outcome of ``target``, kept: timed from when Nix said it started building it (if it did)."""
         build = self._builds.get(self._drv(target))
         seconds = round(((build.finished or time.monotonic()) - build.started) if build else 0.0, 3)
-        built_now = build is not None
-        if target.test is None:
-            return PackageOutcome(target.attr, self.graph[target.attr], status, built_now, seconds, reason, tuple(tail))
-        test = self.graph[target.attr].tests[target.test]
-        return TestOutcome(target.attr, test, status, built_now, seconds, reason, tuple(tail))
+        package = self.graph[target.attr]
+        self._outcomes[target] = (
+            PackageOutcome(target.attr, package, status, build is not None, seconds, reason, tuple(tail))
+            if target.test is None else
+            TestOutcome(target.attr, package.tests[target.test], status, build is not None, seconds, reason, tuple(tail), note)
+        )  # fmt: skip
+        return self._outcomes[target]
 
-    def _record(self, target: Target, status: Status, reason: str | None = None, tail: Sequence[str] = ()) -> Outcome:
-        outcome = self._outcome(target, status, reason, tail)
-        self._outcomes[target] = outcome
-        return outcome
-
-    def _finish(self) -> Iterator[Outcome]:
+    def finish(self) -> Iterator[Outcome]:
+        """After Nix exited (``returncode`` set): the outcome of every target not settled yet. Public for
+        replays (after the last :meth:`handle`)."""
         rest = [t for t in self.targets if t not in self._outcomes]
         if not rest:
             return
         if self.rebuild:
-            # The outputs stay valid whatever the rebuild found: Nix's error messages name what failed.
-            named = {drv for message in self.errors for drv in DRV_IN_TEXT.findall(message)}
+            # The outputs stay valid whatever the rebuild found: Nix's error messages name what failed. An
+            # output that differs from the valid one is no failure of the test (its builder passed again):
+            # the test is not deterministic, which its outcome says (``note``).
+            differs = {d[0]: m for m in self.errors if NONDETERMINISTIC in m and (d := DRV_IN_TEXT.findall(m))}
+            named = {drv for m in self.errors if NONDETERMINISTIC not in m for drv in DRV_IN_TEXT.findall(m)}
             for target in rest:
-                if self._drv(target) in named:
-                    yield self._record(target, "failed", *self._failure_of(self._drv(target)))
-                elif self.returncode == 0 or self._drv(target) in self._builds:
+                drv = self._drv(target)
+                if drv in named:
+                    yield self._record(target, "failed", *self._failure_of(drv))
+                elif drv in differs:
+                    yield self._record(target, "built", note=f"rebuilt: the builder passed again, but {differs[drv]}")
+                elif self.returncode == 0 or drv in self._builds:
                     yield self._record(target, "built")
                 else:
-                    yield self._record(target, "failed", f"not rebuilt; Nix said: {self._said()}")
+                    yield self._record(target, "failed", f"not rebuilt; Nix said: {' | '.join(self.errors[-3:]) or 'nothing'}")
             return
         valid = self._valid(rest)
         for target in rest:
@@ -385,19 +374,18 @@ class NixBuild:
                 yield self._record(target, "failed", *self._why_failed(target, failed_drvs))
 
     def _failed_drvs(self) -> set[str]:
-        """Derivations whose build started in this run but whose outputs are not valid."""
-        failed = set()
-        for drv in self._builds:
-            target = self._by_drv.get(drv)
-            outputs = self._paths(target) if target is not None else self.cli.outputs_of(drv)
-            if self.cli.invalid_paths(outputs):
-                failed.add(drv)
-        return failed
+        """Derivations whose build started in this run but whose outputs are not valid (one Nix call, and
+        one more per derivation the package graph does not know)."""
+        known = {p.drv_path: list(p.outputs.values()) for p in self.graph.packages.values() if p.drv_path}
+        known.update({t.drv_path: [t.out_path] for p in self.graph.packages.values() for t in p.tests.values()})
+        outputs = {drv: known[drv] if drv in known else self.cli.outputs_of(drv) for drv in self._builds}
+        invalid = self.cli.invalid_paths([path for paths in outputs.values() for path in paths])
+        return {drv for drv, paths in outputs.items() if invalid.intersection(paths)}
 
     def _failure_of(self, drv: str) -> tuple[str, list[str]]:
         build = self._builds.get(drv)
         messages = [m for m in self.errors if drv in m]
-        reason = f"build of {drv} failed" + (f": {messages[-1]}" if messages and "differs" in messages[-1] else "")
+        reason = f"build of {drv} failed" + (f": {messages[-1]}" if messages else "")
         return reason, list(build.log) if build else []
 
     def _why_failed(self, target: Target, failed_drvs: set[str]) -> tuple[str, list[str]]:
@@ -406,17 +394,14 @@ class NixBuild:
             return self._failure_of(drv)
         culprits = sorted(failed_drvs & self.cli.requisites(drv)) if drv else []
         if culprits:
-            names = [self._by_drv[d].installable if d in self._by_drv else d for d in culprits]
-            tail: list[str] = []
-            for culprit, name in zip(culprits, names, strict=True):
-                tail += [f"--- log tail of {name} ({culprit}) ---", *self._builds[culprit].log]
+            attrs = self.graph.by_drv_path()  # a culprit not selected is named by its attribute too
+            names = [self._by_drv[d].installable if d in self._by_drv else attrs.get(d, d) for d in culprits]
+            tail = [line for culprit, name in zip(culprits, names, strict=True)
+                    for line in (f"--- log tail of {name} ({culprit}) ---", *self._builds[culprit].log)]
             return f"dependency failed: {', '.join(names)}", tail
         if self.returncode is not None and self.returncode < 0:
             return f"nix was stopped (signal {-self.returncode}) before {target.installable} was built", []
-        return f"not built; Nix said: {self._said()}", []
-
-    def _said(self) -> str:
-        return " | ".join(self.errors[-3:]) or "nothing"
+        return f"not built; Nix said: {' | '.join(self.errors[-3:]) or 'nothing'}", []
 
     def wait(self) -> list[Outcome]:
         """Consume the build to the end; return all outcomes (no exception for failures)."""
@@ -424,16 +409,12 @@ class NixBuild:
 
     def raise_for_failures(self, failures: dict[str, str] | None = None) -> None:
         """Raise :class:`NixBuildError` if targets failed, :class:`NixCommandError` if Nix failed."""
-        if failures is None:
-            failures = {t.installable: o.reason or "failed" for t, o in self._outcomes.items() if not o.ok}
+        failures = failures if failures is not None else {
+            t.installable: o.reason or "failed" for t, o in self._outcomes.items() if not o.ok}
         if failures:
             raise NixBuildError(self.command, self.returncode, self.errors, failures)
         if self.returncode not in (0, None):
             raise NixCommandError(self.command, self.returncode, self.errors)
-
-
-def _print(message: str) -> None:
-    print(message, flush=True)
 
 
 __all__ = ["Build", "NixBuild", "Outcome", "PackageOutcome", "Target", "TestOutcome"]

@@ -32,7 +32,7 @@ from .flox_build import (
     validate_package_names,
 )
 from .resource import NixResource
-from .results import Result, selected_targets, stream
+from .results import Result, nix_builds, selected_targets, stream
 
 
 class FloxResource(NixResource):
@@ -102,9 +102,10 @@ class FloxResource(NixResource):
         def outcomes() -> Iterator[Outcome]:
             if flox is not None:
                 yield from flox.outcomes()
-            if tests:
-                builds.append(NixBuild(cli, graph, tests, log=context.log.info))
-                yield from builds[-1].outcomes()
+            # The tests after Flox, by Nix, as the Nix backend builds them (a check run alone is rebuilt).
+            for build in nix_builds(cli, graph, tests, context.log.info):
+                builds.append(build)
+                yield from build.outcomes()
 
         try:
             yield from stream(cli, graph, targets, keys, outcomes(), context.log.info, [flox.command] if flox else [])

@@ -122,6 +122,24 @@ class NixPackageGraph:
         """All packages that transitively depend on ``attr``."""
         return {a for a in self.packages if attr in self.upstream(a)}
 
+    def require(self, targets: Iterable[tuple[str, str | None]]) -> None:
+        """Raise :class:`NixPackageSetError` naming the first of ``targets`` (attribute, test name or None)
+        that is not in the graph: an unknown package (and the known ones) or test (and the package's)."""
+        targets = list(targets)
+        unknown = sorted({attr for attr, _ in targets if attr not in self.packages})
+        if unknown:
+            raise NixPackageSetError(
+                f"Unknown Nix package(s) {', '.join(map(repr, unknown))} in {self.nix_dir}; "
+                f"known: {', '.join(sorted(self.packages))}"
+            )
+        for attr, test in targets:
+            package = self.packages[attr]
+            if test is not None and test not in package.tests:
+                raise NixPackageSetError(
+                    f"Package {attr} has no test {test!r} (passthru.tests of {package.file or attr}: "
+                    f"{', '.join(package.tests) or 'none'})"
+                )
+
     def by_drv_path(self) -> dict[str, str]:
         """Map derivation path -> attribute."""
         return {p.drv_path: a for a, p in self.packages.items() if p.drv_path}
@@ -224,11 +242,27 @@ def load_package_graph(nix: NixCli | HasNixCli) -> NixPackageGraph:
             raise info_error from None
         _toposort(_packages(bare))
         raise
+    graph = package_graph_from_json(nix_dir, data)
+    errors = {attr: _eval_error_of(nix, nix_dir, attr) for attr in graph if data[attr].get("evalFailed")}
+    return package_graph_from_json(nix_dir, data, errors) if errors else graph
+
+
+def package_graph_from_json(
+    nix_dir: str, data: Mapping[str, Mapping], eval_errors: Mapping[str, str] | None = None
+) -> NixPackageGraph:
+    """The graph of ``data``, the JSON ``graph.nix`` gives (e.g. recorded), without asking Nix; a package
+    it marks ``evalFailed`` gets its message from ``eval_errors`` (else a generic one).
+
+    Raises:
+        NixDependencyCycleError: the packages' formal arguments form a cycle.
+        NixPackageSetError: a test's name cannot be a check name.
+    """
     packages = _packages(data)
     _toposort(packages)
     for attr, package in packages.items():
         if data[attr].get("evalFailed"):
-            packages[attr] = replace(package, eval_error=_eval_error_of(nix, nix_dir, attr))
+            error = (eval_errors or {}).get(attr) or f"{attr} failed to evaluate"
+            packages[attr] = replace(package, eval_error=error)
     return NixPackageGraph(nix_dir=nix_dir, packages=packages)
 
 

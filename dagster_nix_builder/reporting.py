@@ -24,10 +24,13 @@ class ReportQueue:
         self.graph = graph
         self.targets = list(targets)
         self.packages = {t.attr for t in self.targets if t.test is None}
-        self._upstream = {a: graph.upstream(a) & self.packages for a in self.packages}
         self._blocking = {
             (t.attr, t.test) for t in self.targets if t.test is not None and graph[t.attr].tests[t.test].blocking
         }
+        # What a package waits for: the selected packages upstream, and those upstream whose blocking tests
+        # are selected (also of a package not built in this run: its test still blocks what depends on it).
+        gates = self.packages | {a for a, _ in self._blocking}
+        self._upstream = {a: graph.upstream(a) & gates for a in self.packages}
         self._pending: dict[Target, Outcome] = {}
         self.reported: set[Target] = set()
         self.passed_tests: set[tuple[str, str]] = set()
@@ -96,8 +99,8 @@ class ReportQueue:
             for test in sorted(n for a, n in self._blocking if a == up):
                 if f"{up}.tests.{test}" in self.failures:
                     return f"not materialized: the blocking check {test} of {up} failed"
-        for up in self._upstream[attr]:
-            if Target(up) not in self.reported:
+        for up in sorted(self._upstream[attr]):
+            if up in self.packages and Target(up) not in self.reported:
                 return f"waiting for {up}"
             waiting = [n for a, n in self._blocking if a == up and (a, n) not in self.passed_tests]
             if waiting:

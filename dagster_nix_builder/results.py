@@ -47,18 +47,27 @@ def selected_targets(context: AssetExecutionContext, graph: NixPackageGraph) -> 
     return targets, keys
 
 
-def build_and_stream(cli: NixCli, graph: NixPackageGraph, context: AssetExecutionContext) -> Iterator[Result]:
-    """Build what ``context`` selects with Nix and yield its results. Tests selected without their package
-    (a check run again) whose outputs are valid are rebuilt (``--rebuild``): Nix runs them again."""
-    targets, keys = selected_targets(context, graph)
+def nix_builds(
+    cli: NixCli, graph: NixPackageGraph, targets: Sequence[Target], log: Callable[[str], None]
+) -> list[NixBuild]:
+    """The Nix builds of ``targets`` (not started): one of everything, except that tests selected without
+    their package (a check run again) whose outputs are valid are rebuilt (``--rebuild``) by a second one,
+    so Nix runs them again."""
     packages = {t.attr for t in targets if t.test is None}
     check_only = [t for t in targets if t.test is not None and t.attr not in packages]
     invalid = cli.invalid_paths([graph[t.attr].tests[t.test].out_path for t in check_only if t.test])
     again = [t for t in check_only if t.test and graph[t.attr].tests[t.test].out_path not in invalid]
     first = [t for t in targets if t not in again]
-    builds = [NixBuild(cli, graph, first, log=context.log.info)] if first else []
+    builds = [NixBuild(cli, graph, first, log=log)] if first else []
     if again:
-        builds.append(NixBuild(cli, graph, again, rebuild=True, log=context.log.info))
+        builds.append(NixBuild(cli, graph, again, rebuild=True, log=log))
+    return builds
+
+
+def build_and_stream(cli: NixCli, graph: NixPackageGraph, context: AssetExecutionContext) -> Iterator[Result]:
+    """Build what ``context`` selects with Nix (see :func:`nix_builds`) and yield its results."""
+    targets, keys = selected_targets(context, graph)
+    builds = nix_builds(cli, graph, targets, context.log.info)
 
     def outcomes() -> Iterator[Outcome]:
         for build in builds:
@@ -83,7 +92,7 @@ def stream(
     """Dagster results of ``outcomes``, in an allowed order (see :mod:`.reporting`); raises
     :class:`NixBuildError` at the end naming everything that failed or was held back."""
     queue = ReportQueue(graph, targets)
-    path_info = PathInfo(cli, graph)
+    path_info = PathInfo(cli, [graph[t.attr] for t in targets if t.test is None])
     for outcome in outcomes:
         if not outcome.ok:
             what = outcome.attr if isinstance(outcome, PackageOutcome) else f"check {outcome.test.name} of {outcome.attr}"
@@ -115,19 +124,21 @@ def link_outputs(cli: NixCli, package: NixPackage) -> None:
 
 
 class PathInfo:
-    """``nix path-info`` of the packages' outputs, asked for every output known to be valid in one call."""
+    """``nix path-info`` of the outputs of a run's ``packages``: the first package reported asks for all of
+    them in one call (an invalid path is no error, just left out), so a run whose outputs are all valid
+    asks once; a package whose outputs were not valid yet then is asked for again, alone."""
 
-    def __init__(self, cli: NixCli, graph: NixPackageGraph) -> None:
+    def __init__(self, cli: NixCli, packages: Iterable[NixPackage]) -> None:
         self.cli = cli
-        self.graph = graph
+        self._all = {path for package in packages for path in package.outputs.values()}
         self._info: dict[str, dict[str, Any]] = {}
-        self._asked: set[str] = set()
 
     def of(self, package: NixPackage) -> dict[str, dict[str, Any]]:
         wanted = set(package.outputs.values())
-        if not wanted <= self._asked:
-            self._info.update(self.cli.path_info(sorted(wanted - self._asked)))
-            self._asked |= wanted
+        missing = wanted - set(self._info)
+        if missing:
+            ask = missing if self._info else missing | self._all
+            self._info.update(self.cli.path_info(sorted(ask)))
         return {p: self._info[p] for p in wanted if p in self._info}
 
 
@@ -141,6 +152,8 @@ def check_result(outcome: TestOutcome, key: AssetKey) -> AssetCheckResult:
         "built_now": MetadataValue.bool(outcome.built_now),
         "build_seconds": MetadataValue.float(float(outcome.build_seconds)),
     }
+    if outcome.note:
+        metadata["note"] = MetadataValue.text(outcome.note)
     if outcome.log_tail:
         metadata["log_tail"] = MetadataValue.md("```\n" + "\n".join(outcome.log_tail) + "\n```")
     return AssetCheckResult(
@@ -148,7 +161,7 @@ def check_result(outcome: TestOutcome, key: AssetKey) -> AssetCheckResult:
         asset_key=key,
         passed=outcome.ok,
         severity=AssetCheckSeverity.ERROR,
-        description=None if outcome.ok else outcome.reason,
+        description=outcome.note if outcome.ok else outcome.reason,
         metadata=metadata,
     )
 
@@ -226,4 +239,4 @@ def materialize_result(
     )
 
 
-__all__ = ["build_and_stream", "check_result", "materialize_result", "selected_targets", "stream"]
+__all__ = ["PathInfo", "build_and_stream", "check_result", "materialize_result", "nix_builds", "selected_targets", "stream"]
