@@ -15,7 +15,7 @@ from typing import Protocol
 from . import processes
 from .errors import NixDependencyCycleError, NixEvalError, NixPackageSetError
 from .log_format import error_messages
-from .nix_cli import NixCli
+from .nix_cli import NixCli, log_command
 
 # A test's name is the name of its Dagster asset check.
 TEST_NAME = re.compile(r"[A-Za-z0-9_]+")
@@ -209,6 +209,7 @@ def _evaluate(nix: NixCli, nix_dir: str, with_info: bool, only: str = "") -> dic
         "1" if with_info else "0",
         *(["--argstr", "only", only] if only else []),
     )
+    log_command(command)
     proc = processes.run(command, capture_output=True, text=True, env=nix.subprocess_env())
     if proc.returncode != 0:
         raise _eval_error(command, proc)

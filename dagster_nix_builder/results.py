@@ -38,7 +38,7 @@ def selected_targets(context: AssetExecutionContext, graph: NixPackageGraph) -> 
     """The packages and tests selected in ``context`` (as build targets) and the asset key of each package."""
     specs = context.assets_def.specs_by_key
     keys: dict[str, AssetKey] = {}
-    for key in context.assets_def.keys:
+    for key in specs:  # all of them: ``keys`` holds only the selected assets (none, for checks alone)
         attr = specs[key].metadata.get(ATTR_KEY)
         keys[str(attr if attr is not None else key.to_user_string())] = key
     attr_of = {key: attr for attr, key in keys.items()}

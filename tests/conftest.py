@@ -31,7 +31,8 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="nix is not installed (apt-get install nix-bin)")
         for item in items:
             if "needs_nix" in item.keywords or item.fspath.basename in {
-                "test_graph.py", "test_invocation.py", "test_assets.py", "test_checks.py", "test_definitions.py",
+                "test_graph.py", "test_build.py", "test_assets.py", "test_results.py", "test_definitions.py",
+                "test_nix_calls.py", "test_orphans.py",
             }:
                 item.add_marker(skip)
 

@@ -85,11 +85,12 @@ def test_resource_without_flox_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_flox_resource_is_a_nix_resource_with_its_own_build() -> None:
-    # The documented hook: nix_assets calls `nix.build(context=context).stream()` on the resource bound
-    # to "nix"; FloxResource overrides only that method.
+    # The documented hook: nix_assets calls `nix.stream(context)` on the resource bound to "nix";
+    # FloxResource overrides it (and `build`), nothing else.
     assert issubclass(FloxResource, NixResource)
+    assert FloxResource.stream is not NixResource.stream
     assert FloxResource.build is not NixResource.build
-    assert FloxResource.load_graph is NixResource.load_graph
+    assert FloxResource.load_graph is NixResource.load_graph and FloxResource.cli is NixResource.cli
 
 
 # ---- layout ------------------------------------------------------------------------------------------
@@ -213,7 +214,7 @@ def test_real_flox_build_through_dagster(tmp_path: Path) -> None:
 # ---- the run-time half, against a FAKE flox ----------------------------------------------------------
 # tests/fixtures/fake-flox is not Flox: it builds .flox/pkgs with nix-build the way Flox lays results out
 # (result-<name> next to .flox), so the out-link reading, outcomes, failures and materializations of
-# FloxBuildInvocation run against real Nix builds here. The real CLI is tested above where installed.
+# FloxBuild run against real Nix builds here. The real CLI is tested above where installed.
 
 FAKE_FLOX = Path(__file__).parent / "fixtures" / "fake-flox"
 SMALL_SET_DEFAULT = """{ ... }:

@@ -89,6 +89,26 @@ def test_a_package_that_throws_does_not_stop_the_graph(make_nix, tiny_dir: Path)
     assert mid.drv_path.endswith("-evaluation-failed.drv")
     assert graph["top-level"].eval_error and "mid: the pins are not usable" in graph["top-level"].eval_error
 
-    outcomes = {o.attr: o for o in nix.build(["base", "mid"], graph=graph).wait()}
+    outcomes = {o.attr: o for o in nix.build(["base", "mid"]).wait()}
+    assert outcomes["base"].status == "built"  # not stopped by mid (one nix build of both)
     assert outcomes["mid"].status == "failed"
     assert "mid: the pins are not usable" in (outcomes["mid"].reason or "")
+
+
+def test_tests_are_read_from_the_package_set(make_nix):
+    graph = make_nix(Path(__file__).parent / "fixtures" / "checked").load_graph()
+    assert {a: sorted(graph[a].tests) for a in graph} == {
+        "base": ["imports", "version"], "mid": ["imports"], "solo": ["version"], "top-level": [],
+    }
+    imports = graph["base"].tests["imports"]
+    assert imports.blocking and not graph["base"].tests["version"].blocking
+    assert imports.drv_path.endswith("-base-test-imports.drv") and imports.out_path.endswith("-base-test-imports")
+    assert imports.description == "base names itself (blocking)."
+
+
+def test_a_test_name_that_cannot_be_a_check_name_is_refused(make_nix, tiny_dir: Path):
+    (tiny_dir / "packages" / "solo.nix").write_text(
+        '{ mkPkg }: let p = mkPkg { name = "solo"; }; in p // { tests = { "smoke-test" = p; }; }\n'
+    )
+    with pytest.raises(NixPackageSetError, match=r"solo.nix: passthru.tests.smoke-test cannot be a check name.*smoke_test"):
+        make_nix(tiny_dir).load_graph()

@@ -7,7 +7,7 @@ from pathlib import Path
 from dagster import DagsterInstance, materialize
 
 from dagster_nix_builder import nix_assets
-from dagster_nix_builder.resource import command_logger, indirect_root_path
+from dagster_nix_builder.nix_cli import command_logger, indirect_root_path
 
 
 def _commands(caplog, run) -> list[str]:
@@ -18,7 +18,7 @@ def _commands(caplog, run) -> list[str]:
 
 
 def _kinds(commands: list[str]) -> dict[str, int]:
-    kinds = {"--add-root": 0, "--check-validity": 0, "path-info": 0, "--version": 0, " build ": 0}
+    kinds = {"nix-instantiate": 0, "--add-root": 0, "--check-validity": 0, "path-info": 0, "--version": 0, " build ": 0}
     for command in commands:
         for kind in kinds:
             kinds[kind] += kind in command
@@ -41,8 +41,10 @@ def test_noop_run_asks_nix_the_same_few_things_for_one_or_all_packages(make_nix,
         assert os.readlink(indirect_root_path(link)) == str(link)
 
     everything = _commands(caplog, run())
-    assert _kinds(everything) == {"--add-root": 0, "--check-validity": 1, "path-info": 1, "--version": 0,
-                                  " build ": 1}, everything
+    # The graph (one nix-instantiate), what is valid (one query), sizes (one path-info); no build at all.
+    assert _kinds(everything) == {"nix-instantiate": 1, "--add-root": 0, "--check-validity": 1, "path-info": 1,
+                                  "--version": 0, " build ": 0}, everything
+    assert len(everything) == 3, everything
     one = _commands(caplog, run(["solo"]))
     assert len(one) == len(everything), (one, everything)
 

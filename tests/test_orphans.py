@@ -1,5 +1,5 @@
 """SIGKILL of the Dagster process leaves nothing of ours running: not `nix build`, not its builders, not the
-smoke check's webserver or its code server. A real `dagster asset materialize`, killed for real."""
+webserver test's webserver or its code server. A real Dagster run, killed for real."""
 
 import os
 import signal
@@ -105,20 +105,36 @@ def test_sigkill_during_a_build_stops_nix_and_its_builder(tmp_path: Path, salt: 
     assert "sleep 53" in ours.values(), ours  # and so was its builder
 
 
+# A Dagster process that runs the webserver check of the real package set alone: Nix runs the test again
+# (`--rebuild`, or a first build), so its builder starts the built webserver and its code server.
+RUN_WEBSERVER_CHECK = """
+import sys
+from dagster import AssetCheckKey, AssetKey, AssetSelection, DagsterInstance, materialize
+from dagster_nix_builder import NixResource, nix_assets
+nix = NixResource(nix_dir=sys.argv[1], out_link_dir=sys.argv[2])
+check = AssetSelection.checks(AssetCheckKey(AssetKey("dagster-webserver"), "webserver"))
+materialize([nix_assets(nix.load_graph())], resources={"nix": nix}, selection=check,
+            instance=DagsterInstance.ephemeral())
+"""
+
+
 @pytest.mark.slow
-def test_sigkill_during_the_smoke_check_stops_the_webserver_and_its_code_server(tmp_path: Path):
-    env = _env(tmp_path, REPO / "nix", "recheck: true\n")  # run the checks even if a result is kept
+def test_sigkill_during_the_webserver_check_stops_the_webserver_and_its_code_server(tmp_path: Path):
     log = tmp_path / "dagster.log"
-    proc = _start(env, "dagster-webserver", log)
-    marker = "-h 127.0.0.1 -p"  # the smoke check's command line (checks.py)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", RUN_WEBSERVER_CHECK, str(REPO / "nix"), str(tmp_path / "results")],
+            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+    marker = "-h 127.0.0.1 -p"  # the webserver test's command line (nix/package-tests.nix)
     servers: list[int] = []
 
     def webserver_with_code_server() -> bool:
-        # Only our own descendants: another test run on this machine may run a smoke check too.
+        # Only our own descendants: another test run on this machine may run the same test.
         servers[:] = [pid for pid, args in _descendants(proc.pid).items() if marker in args]
         return bool(servers) and bool(_descendants(servers[0]))
 
-    _wait_for(webserver_with_code_server, proc, log, 900, "the smoke check's webserver and code server")
+    _wait_for(webserver_with_code_server, proc, log, 900, "the webserver test's webserver and code server")
     webserver = _processes()[servers[0]][1]  # its port makes the command line unique
     ours = _kill_and_expect_nothing_left(proc, [webserver])
     assert webserver in ours.values(), ours
