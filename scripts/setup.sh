@@ -23,10 +23,15 @@ fi
 if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv
 fi
-.venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
-# The dg CLI (dg dev, dg launch, dg check defs, dg list defs), at the installed Dagster's own version.
+# With the dg CLI (dg dev, dg launch, dg check defs, dg list defs) in the same resolution, so pip picks a
+# Dagster release that has its dg CLI (they pin each other's dagster-shared); then the dg CLI is pinned to the
+# installed Dagster's own version.
+.venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]' 'dagster-dg-cli>=1.13,<1.14'
 dagster_version=$(.venv/bin/python -c 'import dagster; print(dagster.__version__)')
-.venv/bin/pip install --quiet --disable-pip-version-check "dagster-dg-cli==$dagster_version"
+dg_version=$(.venv/bin/python -c 'from importlib.metadata import version; print(version("dagster-dg-cli"))')
+if [[ "$dg_version" != "$dagster_version" ]]; then
+  .venv/bin/pip install --quiet --disable-pip-version-check "dagster-dg-cli==$dagster_version"
+fi
 
 # One instance for every run: Dagster's and dg's CLIs read ./.env before they pick the instance, so runs of
 # `dg launch` and what `dg dev` shows land in the project-local .dagster_home (SQLite). An exported
