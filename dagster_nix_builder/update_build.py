@@ -85,14 +85,20 @@ def rebuild(settings: UpdateSettings, repo_dir: Path, mode: str, log: Log) -> Re
 
 def _build(build: NixBuild, settings: UpdateSettings) -> list[PackageOutcome | TestOutcome]:
     """Run the build to its end, stopping Nix after `timeout_seconds`."""
-    timer = threading.Timer(settings.timeout_seconds, build.terminate)
+    timed_out = threading.Event()
+
+    def stop() -> None:
+        timed_out.set()
+        build.terminate()
+
+    timer = threading.Timer(settings.timeout_seconds, stop)
     timer.daemon = True
     timer.start()
     try:
         outcomes = build.wait()
     finally:
         timer.cancel()
-    if timer.finished.is_set() and build.returncode is not None and build.returncode < 0:
+    if timed_out.is_set():
         raise UpdateError(
             UpdateStep.BUILD, f"nix build did not finish within {settings.timeout_seconds:g} s", build.errors
         )
