@@ -2,10 +2,11 @@
 
     .venv/bin/python bench/package_set.py [--runs 5] [--json bench/results/package_set.json]
 
-Cold: every store path the six need (outputs of all their derivations, fetches included) is deleted
-first, so the build downloads the wheels and sdists and builds everything. The log (internal-json)
-splits the cold time into fetching (fixed-output derivations) and the rest. Warm: the same command
-again with everything valid, several runs, median. It deletes store paths: run it on a build machine.
+Cold: every store path the six need (outputs of all their derivations, fetches included; with
+``--with-tests`` their ``passthru.tests`` too, built as ``<attr>.tests.<name>``) is deleted first, so
+the build downloads the wheels and sdists and builds everything. The log (internal-json) splits the
+cold time into fetching (fixed-output derivations) and the rest. Warm: the same command again with
+everything valid, several runs, median. It deletes store paths: run it on a build machine.
 """
 
 from __future__ import annotations
@@ -31,16 +32,48 @@ def run(cmd: list[str], *, check: bool = False) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=check, env=ENV, text=True, capture_output=True)
 
 
-def drv_paths() -> list[str]:
+def test_installables() -> list[str]:
+    """``<attr>.tests.<name>`` of every test of the six (their ``passthru.tests``), asked from Nix."""
+    expr = "builtins.mapAttrs (n: p: builtins.attrNames (p.tests or {})) (import %s {})" % (REPO / "nix")
+    tests = json.loads(run(["nix-instantiate", "--eval", "--json", "--strict", "-E", expr], check=True).stdout)
+    return [f"{attr}.tests.{name}" for attr in PACKAGES for name in tests.get(attr, [])]
+
+
+def installables(with_tests: bool = False) -> list[str]:
+    """The six, and with ``with_tests`` their tests too (what a Dagster run of everything builds)."""
+    return [*PACKAGES, *(test_installables() if with_tests else [])]
+
+
+def drv_paths(with_tests: bool = False) -> list[str]:
     cmd = ["nix-instantiate", str(REPO / "nix")]
-    for attr in PACKAGES:
+    for attr in installables(with_tests):
         cmd += ["-A", attr]
     return run(cmd, check=True).stdout.split()
 
 
+class StorePathsInUse(Exception):
+    """Some paths to delete are in use by a running process (or a running Nix holds them): never forced."""
+
+
+def _in_use_roots() -> dict[str, str]:
+    """GC roots that are running processes (open files, maps, environments; a running Nix's temporary
+    roots), root -> store path. Out-links and profiles (permanent roots) are not among them."""
+    roots = {}
+    for line in run(["nix-store", "--gc", "--print-roots"]).stdout.splitlines():
+        root, sep, path = line.rpartition(" -> ")
+        if sep and root.startswith(("/proc/", "{")):
+            roots[root] = path
+    return roots
+
+
 def delete_everything_built(drvs: list[str]) -> int:
-    """Delete the outputs of every derivation the six need (fetches included) and whatever refers to
-    them; sources such as pybuild.py stay, as their .drv files still refer to them."""
+    """Delete the outputs of every derivation in the closure of ``drvs`` (fetches included) and whatever
+    refers to them; sources such as pybuild.py stay, as their .drv files still refer to them.
+
+    Out-links (permanent GC roots, e.g. of earlier runs) do not keep a path: cold means built again, and a
+    later build makes the path valid again under its link. A path a running process uses (a GC root under
+    /proc, or a running Nix's temporary root) is never deleted: :class:`StorePathsInUse` names them, and
+    the caller waits (Nix itself refuses temporary roots: the same exception)."""
     closure = run(["nix-store", "-qR", *drvs], check=True).stdout.split()
     derivations = [p for p in closure if p.endswith(".drv")]
     outputs = run(["nix-store", "-q", "--outputs", *derivations], check=True).stdout.split()
@@ -49,15 +82,24 @@ def delete_everything_built(drvs: list[str]) -> int:
         return 0
     doomed = run(["nix-store", "-q", "--referrers-closure", *outputs], check=True).stdout.split()
     doomed = [p for p in doomed if not p.endswith(".drv")]
+    in_use = _in_use_roots()
+    if in_use:
+        alive = set(run(["nix-store", "-qR", *sorted(set(in_use.values()))]).stdout.split())
+        if alive.intersection(doomed):
+            held = sorted(root for root, path in in_use.items() if path in alive)
+            raise StorePathsInUse(f"{len(alive.intersection(doomed))} paths in use, roots: {held[:5]}")
     result = run(["nix-store", "--delete", "--ignore-liveness", *doomed])
+    if result.returncode != 0 and "still alive" in result.stderr:
+        raise StorePathsInUse(result.stderr.strip()[-500:])
     if result.returncode != 0:
         sys.exit(f"bench: could not delete the previous build:\n{result.stderr[-2000:]}")
     return len(doomed)
 
 
-def timed_build(max_jobs: int) -> tuple[float, list[dict]]:
+def timed_build(max_jobs: int, targets: list[str] | None = None) -> tuple[float, list[dict]]:
+    """``nix build -f nix <targets>`` (default: the six), wall-clock seconds and the log's events."""
     cmd = ["nix", "--log-format", "internal-json", "-v", "build", "--no-link", "--max-jobs", str(max_jobs),
-           "-f", str(REPO / "nix"), *PACKAGES]
+           "-f", str(REPO / "nix"), *(targets or PACKAGES)]
     start = time.monotonic()
     proc = subprocess.Popen(cmd, env=ENV, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     events = []
@@ -100,9 +142,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--max-jobs", type=int, default=os.cpu_count(),
                         help="derivations built at once (default: the cores, as the product passes)")
+    parser.add_argument("--with-tests", action="store_true", help="build the six's passthru.tests too")
     args = parser.parse_args()
 
-    drvs = drv_paths()
+    targets = installables(args.with_tests)
+    drvs = drv_paths(args.with_tests)
     all_drvs = run(["nix-store", "-qR", *drvs], check=True).stdout.split()
     fixed_output = set()
     for drv in all_drvs:
@@ -110,13 +154,13 @@ def main() -> None:
             fixed_output.add(drv)
     deleted = delete_everything_built(drvs)
 
-    cold, events = timed_build(args.max_jobs)
+    cold, events = timed_build(args.max_jobs, targets)
     figures = {"cold_s": round(cold, 2), "deleted_paths": deleted, "derivations": len(all_drvs),
-               "max_jobs": args.max_jobs}
+               "max_jobs": args.max_jobs, "targets": targets}
     figures.update(split_fetching(events, fixed_output))
     warm = []
     for _ in range(args.runs):
-        t, _ = timed_build(args.max_jobs)
+        t, _ = timed_build(args.max_jobs, targets)
         warm.append(t)
     figures["warm_median_s"] = round(statistics.median(warm), 3)
     figures["warm_runs_s"] = [round(t, 3) for t in warm]
