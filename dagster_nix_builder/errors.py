@@ -18,7 +18,7 @@ class NixNotFoundError(NixBuilderError):
         super().__init__(
             f"Nix executable {executable!r} was not found on PATH. Install Nix (on Debian: "
             "`apt-get install nix-bin`; elsewhere see https://nixos.org/download) or set the "
-            "`executable` field of NixResource (env DAGSTER_NIX_EXECUTABLE) to the full path of `nix`."
+            "`executable` attribute of the component in defs.yaml (or of NixResource) to the full path of `nix`."
         )
 
 
@@ -32,7 +32,7 @@ class NixVersionError(NixBuilderError):
         super().__init__(
             f"{executable} is {found!r}, but dagster-nix-builder needs Nix {self.minimum} or newer. Install a "
             "newer Nix (Debian 12 and later: `apt-get install nix-bin`; elsewhere see https://nixos.org/download) "
-            "or point the `executable` field of NixResource (env DAGSTER_NIX_EXECUTABLE) at a newer `nix`."
+            "or point the `executable` attribute in defs.yaml (or of NixResource) at a newer `nix`."
         )
 
 
@@ -107,5 +107,4 @@ class NixBuildError(NixCommandError):
 
 
 class NixConfigError(NixBuilderError):
-    """The configuration of :class:`NixResource` (its YAML file or environment) is wrong; the message names
-    the file, the line and the key."""
+    """The component's attributes in ``defs.yaml`` are wrong; the message names the file, the line and the key."""

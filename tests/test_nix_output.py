@@ -181,7 +181,7 @@ def test_a_nix_too_old_fails_naming_version_minimum_and_fix(text):
     message = str(caught.value)
     assert "/usr/bin/nix" in message and "Nix 2.8 or newer" in message
     assert (text or "no version printed") in message
-    assert "apt-get install nix-bin" in message and "DAGSTER_NIX_EXECUTABLE" in message
+    assert "apt-get install nix-bin" in message and "defs.yaml" in message
 
 
 def test_documented_newer_shapes():
