@@ -17,6 +17,8 @@ wall-clock from spawn to exit (interpreter start, definitions load, the run, the
   ``NixPackageSetComponent`` with the evaluated graph kept as state, out-links in ``.nix-results``);
 * ``shipped``: ``dagster asset materialize -m dagster_nix_builder.definitions --select '*'`` (the same
   code location through the plain CLI; no-op only);
+* ``shape``: the same 6 assets and 9 checks in one multi-asset that yields their results and runs nothing
+  (no-op only): what Dagster itself costs to report them, so ``full - shape`` is the code location's own;
 * ``trivial``: one asset that does nothing: the floor of any Dagster run.
 
 Cold means every output in the closure of the six *and* their test derivations is deleted first (fetched
@@ -90,6 +92,20 @@ if TRACE:  # every Nix command of this process, timed (kind, seconds), and the p
                                       "start": start, "seconds": time.time() - start}) + "\\n")
 
     NixCli.run = _timed_run
+    import dagster_nix_builder.graph as _graph
+
+    _evaluate = _graph._evaluate
+
+    def _timed_evaluate(*args, **kwargs):
+        start = time.time()
+        try:
+            return _evaluate(*args, **kwargs)
+        finally:
+            with open(TRACE, "a") as out:
+                out.write(json.dumps({"kind": "nix-instantiate --eval (package graph)", "start": start,
+                                      "seconds": time.time() - start}) + "\\n")
+
+    _graph._evaluate = _timed_evaluate
 
     @atexit.register
     def _cpu():
@@ -113,6 +129,33 @@ def noop() -> None:
 
 
 defs = Definitions(assets=[noop], executor=in_process_executor)  # same executor as the six
+'''
+
+SHAPE_MODULE = '''
+"""The six's shape without Nix: the same assets (and deps) and checks, one multi-asset that yields a result
+for each and does nothing else: Dagster's own cost of reporting 6 materializations and 9 check results."""
+import json, os
+
+from dagster import (AssetCheckResult, AssetCheckSpec, AssetKey, AssetSpec, Definitions, MaterializeResult,
+                     in_process_executor, multi_asset)
+
+SHAPE = json.loads(open(os.environ["BENCH_SHAPE"]).read())  # [[attr, [deps], [checks]], ...] in build order
+
+
+@multi_asset(
+    name="nix_packages",
+    specs=[AssetSpec(attr, deps=deps, group_name="nix") for attr, deps, _ in SHAPE],
+    check_specs=[AssetCheckSpec(c, asset=attr) for attr, _, checks in SHAPE for c in checks],
+    can_subset=True,
+)
+def shape(context):
+    for attr, _, checks in SHAPE:
+        yield MaterializeResult(asset_key=AssetKey(attr))
+        for c in checks:
+            yield AssetCheckResult(check_name=c, asset_key=AssetKey(attr), passed=True)
+
+
+defs = Definitions(assets=[shape], executor=in_process_executor)
 '''
 
 LOAD_SCRIPT = '''
@@ -273,11 +316,13 @@ class Bench:
         self.modules.mkdir()
         (self.modules / "bench_full_defs.py").write_text(FULL_MODULE)
         (self.modules / "bench_trivial_defs.py").write_text(TRIVIAL_MODULE)
+        (self.modules / "bench_shape_defs.py").write_text(SHAPE_MODULE)
         self.env = {
             **ps.ENV,
             "DAGSTER_HOME": str(self.home),
             "BENCH_NIX_DIR": str(REPO / "nix"),
             "BENCH_OUT_LINK_DIR": str(work / "results"),
+            "BENCH_SHAPE": str(work / "shape.json"),
             "PYTHONPATH": os.pathsep.join([str(self.modules), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
         }
         self.runs = 0
@@ -303,6 +348,7 @@ class Bench:
         command = {
             "full": [str(VENV_BIN / "dagster"), "asset", "materialize", "-m", "bench_full_defs", *select],
             "trivial": [str(VENV_BIN / "dagster"), "asset", "materialize", "-m", "bench_trivial_defs", *select],
+            "shape": [str(VENV_BIN / "dagster"), "asset", "materialize", "-m", "bench_shape_defs", *select],
             "shipped": [str(VENV_BIN / "dagster"), "asset", "materialize", "-m", "dagster_nix_builder.definitions",
                         *select],
             "dg": [str(VENV_BIN / "dg"), "launch", "--assets", "*"],
@@ -470,6 +516,8 @@ def main() -> None:
             t.drv_path for a in ps.PACKAGES for t in graph[a].tests.values()
         }
         assert dagster_drvs == set(drvs), "Dagster and bare Nix disagree on derivations"
+        shape = [[a, sorted(graph[a].deps), sorted(graph[a].tests)] for a in graph.topological_order()]
+        (work / "shape.json").write_text(json.dumps(shape))
 
         # Warm-up (not counted): first run in a fresh DAGSTER_HOME creates its SQLite storage; first imports.
         bench.dagster("trivial")
@@ -489,7 +537,7 @@ def main() -> None:
         for _ in range(args.dg_cold_runs if dg else 0):
             cold["dg"].append(bench.cold(drvs, lambda: bench.timed("cold dg", dagster_run("dg", cold_phases["dg"]))))
 
-        kinds = ["full", *(["dg"] if dg else []), "shipped", "trivial"]
+        kinds = ["full", *(["dg"] if dg else []), "shipped", "shape", "trivial"]
         noop: dict[str, list[float]] = {"bare": [], **{k: [] for k in kinds}}
         noop_phases: dict[str, list[dict]] = {k: [] for k in kinds}
         for _ in range(args.noop_runs):
@@ -541,6 +589,7 @@ def main() -> None:
         "noop": {
             "bare_nix_s": noop_m["bare"],
             **{f"dagster_{k}_s": noop_m[k] for k in kinds if k != "trivial"},
+            "full_minus_shape_s": round(noop_m["full"] - noop_m["shape"], 3),
             "trivial_dagster_run_s": noop_m["trivial"],
             **{f"{k}_minus_trivial_s": round(noop_m[k] - noop_m["trivial"], 3) for k in kinds if k != "trivial"},
             "runs_s": {k: rounded(v) for k, v in noop.items()},
