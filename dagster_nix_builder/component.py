@@ -98,7 +98,7 @@ def _build(tp: Any, value: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(tp) if a is not type(None)]
         return _build(options[0], value) if len(options) == 1 else value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         hints = typing.get_type_hints(tp, vars(sys.modules[tp.__module__]))
         known = {f.name for f in dataclasses.fields(tp) if f.init}
         return tp(**{k: _build(hints[k], v) for k, v in value.items() if k in known})
@@ -119,7 +119,7 @@ def _schema(tp: Any, seen: set | None = None) -> list[str]:
     """Field names of ``tp`` and the dataclasses it nests: part of the fingerprint, so a state written by a
     version of the graph with other fields is evaluated again."""
     seen = set() if seen is None else seen
-    if not dataclasses.is_dataclass(tp) or tp in seen:
+    if not (isinstance(tp, type) and dataclasses.is_dataclass(tp)) or tp in seen:
         return []
     seen.add(tp)
     hints = typing.get_type_hints(tp, vars(sys.modules[tp.__module__]))
@@ -251,7 +251,7 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
         return value
 
     @classmethod
-    def load(cls, attributes, context: ComponentLoadContext):  # type: ignore[override]
+    def load(cls, attributes, context: ComponentLoadContext):
         try:
             component = super().load(attributes, context)
         except ValidationError as exc:
