@@ -54,7 +54,7 @@ def ls_remote_head(url: str, branch: str, *, timeout: float = DEFAULT_TIMEOUT_SE
     # Never wait for a password prompt in a sensor; fail instead.
     g.update_environment(GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="/bin/true", SSH_ASKPASS="/bin/true")
     try:
-        out = g.ls_remote(url, ref, kill_after_timeout=timeout)
+        out = str(g.ls_remote(url, ref, kill_after_timeout=timeout))
     except git.GitCommandError as e:
         stderr = (e.stderr or "").strip().removeprefix("stderr:").strip().strip("'").strip()
         raise UpstreamError(f"git ls-remote {url} {ref} failed (exit {e.status}): {stderr}") from e
