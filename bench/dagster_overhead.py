@@ -236,9 +236,10 @@ def other_nix_processes() -> list[str]:
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
-        try:
-            statuses[proc.name] = _status(proc.name)
+        try:  # both or neither: a process may exit between the two reads
+            status = _status(proc.name)
             argvs[proc.name] = (proc / "cmdline").read_bytes().split(b"\0")
+            statuses[proc.name] = status
         except OSError:
             continue
 
