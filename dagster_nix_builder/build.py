@@ -329,17 +329,16 @@ class NixBuild:
         invalid = self.cli.invalid_paths([p for t in targets for p in self._paths(t)])
         return {t for t in targets if not invalid.intersection(self._paths(t))}
 
-    def _record(self, target: Target, status: Status, reason: Note = None, tail: Tail = (), note: Note = None) -> Outcome:
-        """The outcome of ``target``, kept: timed from when Nix said it started building it (if it did)."""
-        build = self._builds.get(self._drv(target))
+    def _record(self, t: Target, status: Status, reason: Note = None, tail: Tail = (), note: Note = None) -> Outcome:
+        """The outcome of ``t``, kept: timed from when Nix said it started building it (if it did)."""
+        build = self._builds.get(self._drv(t))
         seconds = round(((build.finished or time.monotonic()) - build.started) if build else 0.0, 3)
-        package = self.graph[target.attr]
-        self._outcomes[target] = (
-            PackageOutcome(target.attr, package, status, build is not None, seconds, reason, tuple(tail))
-            if target.test is None else
-            TestOutcome(target.attr, package.tests[target.test], status, build is not None, seconds, reason, tuple(tail), note)
-        )  # fmt: skip
-        return self._outcomes[target]
+        pkg, now = self.graph[t.attr], build is not None
+        self._outcomes[t] = (
+            PackageOutcome(t.attr, pkg, status, now, seconds, reason, tuple(tail)) if t.test is None
+            else TestOutcome(t.attr, pkg.tests[t.test], status, now, seconds, reason, tuple(tail), note)
+        )
+        return self._outcomes[t]
 
     def finish(self) -> Iterator[Outcome]:
         """After Nix exited (``returncode`` set): the outcome of every target not settled yet. Public for
@@ -362,7 +361,8 @@ class NixBuild:
                 elif self.returncode == 0 or drv in self._builds:
                     yield self._record(target, "built")
                 else:
-                    yield self._record(target, "failed", f"not rebuilt; Nix said: {' | '.join(self.errors[-3:]) or 'nothing'}")
+                    said = " | ".join(self.errors[-3:]) or "nothing"
+                    yield self._record(target, "failed", f"not rebuilt; Nix said: {said}")
             return
         valid = self._valid(rest)
         for target in rest:

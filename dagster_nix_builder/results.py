@@ -34,7 +34,9 @@ from .translator import ATTR_KEY
 Result = MaterializeResult | AssetCheckResult
 
 
-def selected_targets(context: AssetExecutionContext, graph: NixPackageGraph) -> tuple[list[Target], dict[str, AssetKey]]:
+def selected_targets(
+    context: AssetExecutionContext, graph: NixPackageGraph
+) -> tuple[list[Target], dict[str, AssetKey]]:
     """The packages and tests selected in ``context`` (as build targets) and the asset key of each package."""
     specs = context.assets_def.specs_by_key
     keys: dict[str, AssetKey] = {}
@@ -44,6 +46,7 @@ def selected_targets(context: AssetExecutionContext, graph: NixPackageGraph) -> 
     attr_of = {key: attr for attr, key in keys.items()}
     targets = [Target(attr_of[key]) for key in context.selected_asset_keys]
     targets += [Target(attr_of[check.asset_key], check.name) for check in context.selected_asset_check_keys]
+    graph.require([(t.attr, t.test) for t in targets])  # the package set, evaluated now, may have changed
     return targets, keys
 
 
@@ -95,8 +98,8 @@ def stream(
     path_info = PathInfo(cli, [graph[t.attr] for t in targets if t.test is None])
     for outcome in outcomes:
         if not outcome.ok:
-            what = outcome.attr if isinstance(outcome, PackageOutcome) else f"check {outcome.test.name} of {outcome.attr}"
-            log(f"{what} failed: {outcome.reason}")
+            test = f"check {outcome.test.name} of " if isinstance(outcome, TestOutcome) else ""
+            log(f"{test}{outcome.attr} failed: {outcome.reason}")
         for ready in queue.add(outcome):
             yield result_of(cli, graph, ready, keys, path_info)
     for ready in queue.finish():
@@ -239,4 +242,6 @@ def materialize_result(
     )
 
 
-__all__ = ["PathInfo", "build_and_stream", "check_result", "materialize_result", "nix_builds", "selected_targets", "stream"]
+__all__ = [
+    "PathInfo", "build_and_stream", "check_result", "materialize_result", "nix_builds", "selected_targets", "stream",
+]

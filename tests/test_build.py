@@ -38,7 +38,8 @@ def test_command_line_from_resource():
 
 
 def test_max_jobs_defaults_to_the_cores_unless_configured():
-    assert NixResource(nix_dir=str(TINY)).cli().build_command(["base"])[-3:] == ["--max-jobs", str(os.cpu_count()), "base"]
+    command = NixResource(nix_dir=str(TINY)).cli().build_command(["base"])
+    assert command[-3:] == ["--max-jobs", str(os.cpu_count()), "base"]
     assert "--max-jobs" not in NixResource(nix_dir=str(TINY), max_jobs=None).cli().build_command(["base"])
 
 
@@ -75,9 +76,10 @@ def test_failure_names_the_failed_dependency_with_its_log(make_nix):
 
 def test_unknown_attribute_and_unknown_test(make_nix):
     nix = make_nix(CHECKED)
-    with pytest.raises(NixPackageSetError, match="Unknown Nix package.*'nope'.*known: base, mid"):
+    with pytest.raises(NixPackageSetError, match=r"Unknown Nix package.*'nope'.*known: base, mid"):
         nix.build(["nope"])
-    with pytest.raises(NixPackageSetError, match=r"Package solo has no test 'imports' .*checked/packages/solo.nix: version\)"):
+    no_test = r"Package solo has no test 'imports' .*checked/packages/solo.nix: version\)"
+    with pytest.raises(NixPackageSetError, match=no_test):
         nix.build([], {"solo": ["imports"]})
 
 

@@ -30,8 +30,9 @@ def test_noop_run_asks_nix_the_same_few_things_for_one_or_all_packages(make_nix,
     graph = nix.load_graph()
     assets = nix_assets(graph)
     instance = DagsterInstance.ephemeral()
-    run = lambda selection=None: lambda: materialize([assets], resources={"nix": nix}, instance=instance,
-                                                     selection=selection)
+    def run(selection=None):
+        return lambda: materialize([assets], resources={"nix": nix}, instance=instance, selection=selection)
+
     first = _commands(caplog, run())
     assert _kinds(first)["--add-root"] == 4  # one per out-link, the first time
     results = tmp_path / "results"

@@ -189,7 +189,9 @@ def test_documented_newer_shapes():
     wrapped = {"version": 2, "storeDir": STORE, "info": {OUT[len(STORE) + 1:]: {"narSize": 192}, "x-absent": None}}
     assert parse_path_info(json.dumps(wrapped)) == {OUT: {"narSize": 192}, f"{STORE}/x-absent": None}
     # `nix derivation show`, Nix 2.32: base names; 2.33 (format version 4): wrapped, `inputs`.
-    base = lambda p: p[len(STORE) + 1:]
+    def base(p: str) -> str:
+        return p[len(STORE) + 1:]
+
     v3 = {base(DRV): {"outputs": {"out": {"path": base(OUT)}}, "inputSrcs": [],
                       "inputDrvs": {base(DEP_DRV): {"outputs": ["out"], "dynamicOutputs": {}}}}}
     v4 = {"version": 4, "derivations": {base(DRV): {"outputs": {"out": {"path": base(OUT)}},

@@ -1,7 +1,7 @@
 """SIGKILL of the Dagster process leaves nothing of ours running: not `nix build`, not its builders, not the
 webserver test's webserver or its code server. A real Dagster run, killed for real."""
 
-import os
+import json
 import signal
 import subprocess
 import sys
@@ -12,13 +12,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = Path(__file__).parent / "fixtures" / "tiny"
-DAGSTER = str(Path(sys.executable).parent / "dagster")
 GRACE_S = 10.0
 
 
 def _processes() -> dict[int, tuple[int, str]]:
     """pid -> (parent pid, command line) of every live process (zombies are not running: left out)."""
-    out = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,stat=,args="], capture_output=True, text=True, check=True).stdout
+    ps = ["ps", "-ww", "-eo", "pid=,ppid=,stat=,args="]
+    out = subprocess.run(ps, capture_output=True, text=True, check=True).stdout
     table = {}
     for line in out.splitlines():
         pid, ppid, stat, *args = line.split(None, 3)
@@ -49,24 +49,27 @@ def _matching(text: str) -> list[str]:
     return [f"{pid} {args}" for pid, (_, args) in _processes().items() if text in args and "ps -eo" not in args]
 
 
-def _env(tmp_path: Path, nix_dir: Path, config: str) -> dict[str, str]:
-    (tmp_path / "home").mkdir(exist_ok=True)
-    (tmp_path / "nix-builder.yaml").write_text(config)
-    return {
-        **os.environ,
-        "DAGSTER_NIX_DIR": str(nix_dir),
-        "DAGSTER_HOME": str(tmp_path / "home"),
-        "DAGSTER_NIX_OUT_LINK_DIR": str(tmp_path / "results"),
-        "DAGSTER_NIX_CONFIG": str(tmp_path / "nix-builder.yaml"),
-    }
+# A Dagster process (in-process executor, as `dagster asset materialize` runs): materializes a selection
+# of the package set argv[1] (a JSON list of asset keys, or {"check": [asset, name]} for one check alone)
+# with the nix_args argv[3].
+RUN = """
+import json, sys
+from dagster import AssetCheckKey, AssetKey, AssetSelection, DagsterInstance, materialize
+from dagster_nix_builder import NixResource, nix_assets
+nix = NixResource(nix_dir=sys.argv[1], out_link_dir=sys.argv[2], nix_args=json.loads(sys.argv[3]))
+what = json.loads(sys.argv[4])
+check = AssetCheckKey(AssetKey(what["check"][0]), what["check"][1]) if "check" in what else None
+selection = AssetSelection.checks(check) if check else what
+materialize([nix_assets(nix.load_graph())], resources={"nix": nix}, selection=selection,
+            instance=DagsterInstance.ephemeral())
+"""
 
 
-def _start(env: dict[str, str], select: str, log: Path) -> subprocess.Popen:
+def _start(tmp_path: Path, nix_dir: Path, nix_args: dict, what, log: Path) -> subprocess.Popen:
+    results = str(tmp_path / "results")
+    command = [sys.executable, "-c", RUN, str(nix_dir), results, json.dumps(nix_args), json.dumps(what)]
     with open(log, "wb") as out:
-        return subprocess.Popen(
-            [DAGSTER, "asset", "materialize", "-m", "dagster_nix_builder.definitions", "--select", select],
-            env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
+        return subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
 def _wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float, what: str) -> None:
@@ -92,9 +95,8 @@ def _kill_and_expect_nothing_left(proc: subprocess.Popen, markers: list[str]) ->
 
 
 def test_sigkill_during_a_build_stops_nix_and_its_builder(tmp_path: Path, salt: str):
-    env = _env(tmp_path, TINY, f"nix_args:\n  salt: {salt}\n  sleep: '53'\n")
     log = tmp_path / "dagster.log"
-    proc = _start(env, "solo", log)
+    proc = _start(tmp_path, TINY, {"salt": salt, "sleep": "53"}, ["solo"], log)
 
     def builder_sleeps() -> bool:
         return "sleep 53" in _descendants(proc.pid).values()
@@ -105,27 +107,12 @@ def test_sigkill_during_a_build_stops_nix_and_its_builder(tmp_path: Path, salt: 
     assert "sleep 53" in ours.values(), ours  # and so was its builder
 
 
-# A Dagster process that runs the webserver check of the real package set alone: Nix runs the test again
-# (`--rebuild`, or a first build), so its builder starts the built webserver and its code server.
-RUN_WEBSERVER_CHECK = """
-import sys
-from dagster import AssetCheckKey, AssetKey, AssetSelection, DagsterInstance, materialize
-from dagster_nix_builder import NixResource, nix_assets
-nix = NixResource(nix_dir=sys.argv[1], out_link_dir=sys.argv[2])
-check = AssetSelection.checks(AssetCheckKey(AssetKey("dagster-webserver"), "webserver"))
-materialize([nix_assets(nix.load_graph())], resources={"nix": nix}, selection=check,
-            instance=DagsterInstance.ephemeral())
-"""
-
-
 @pytest.mark.slow
 def test_sigkill_during_the_webserver_check_stops_the_webserver_and_its_code_server(tmp_path: Path):
+    # The webserver test alone: Nix runs it again (`--rebuild`, or a first build), so its builder starts
+    # the built webserver and its code server.
     log = tmp_path / "dagster.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", RUN_WEBSERVER_CHECK, str(REPO / "nix"), str(tmp_path / "results")],
-            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
+    proc = _start(tmp_path, REPO / "nix", {}, {"check": ["dagster-webserver", "webserver"]}, log)
     marker = "-h 127.0.0.1 -p"  # the webserver test's command line (nix/package-tests.nix)
     servers: list[int] = []
 

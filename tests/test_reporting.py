@@ -191,7 +191,8 @@ G = _graph()
 
 
 def pkg(attr, ok=True, reason=None):
-    return PackageOutcome(attr, G[attr], "built" if ok else "failed", reason=reason, log_tail=("tail line",) if not ok else ())
+    tail = () if ok else ("tail line",)
+    return PackageOutcome(attr, G[attr], "built" if ok else "failed", reason=reason, log_tail=tail)
 
 
 def tst(attr, test, ok=True):
