@@ -14,8 +14,8 @@ Differences handled (2.8 and 2.26 as recorded; the newer shapes from Nix's relea
   ``--json-format 2`` wraps it as ``{"version": 2, "storeDir": …, "info": {<base name>: …}}``.
 - ``nix derivation show`` (2.15+; before it, ``nix show-derivation``, kept as a deprecated alias): an
   object keyed by ``.drv`` path; ``inputDrvs`` values are output lists (2.8), later objects with
-  ``outputs`` and ``dynamicOutputs`` (2.26); since 2.32 keys and output paths are base names; since 2.33 (format version 4) wrapped as
-  ``{"version": 4, "derivations": {…}}`` with ``inputs: {"srcs", "drvs"}``.
+  ``outputs`` and ``dynamicOutputs`` (2.26); since 2.32 keys and output paths are base names; since 2.33
+  (format version 4) wrapped as ``{"version": 4, "derivations": {…}}`` with ``inputs: {"srcs", "drvs"}``.
 - ``nix build --json``: a list of ``{"drvPath", "outputs"}``: 2.8 lists the requested outputs, 2.26 every
   output, with ``startTime``/``stopTime``. ``--print-out-paths`` is missing in 2.8 (``unrecognised flag``),
   so the product reads ``--json``, which every version has.
@@ -114,7 +114,7 @@ def parse_path_info(stdout: str) -> dict[str, dict[str, Any] | None]:
         return out
     if not isinstance(data, dict):
         # ValueError, like json.loads on malformed text: one exception type for "Nix printed something else".
-        raise ValueError(f"nix path-info --json printed neither a list nor an object: {stdout[:200]!r}")  # noqa: TRY004
+        raise ValueError(f"nix path-info --json printed neither a list nor an object: {stdout[:200]!r}")
     store_dir = DEFAULT_STORE_DIR
     if isinstance(data.get("info"), dict) and "version" in data:  # --json-format 2 (Nix 2.33+)
         store_dir = str(data.get("storeDir") or store_dir)
@@ -147,7 +147,7 @@ def parse_derivation_show(stdout: str, store_dir: str | None = None) -> dict[str
     """
     data = json.loads(stdout)
     if not isinstance(data, dict):
-        raise ValueError(f"nix derivation show printed no object: {stdout[:200]!r}")  # noqa: TRY004
+        raise ValueError(f"nix derivation show printed no object: {stdout[:200]!r}")
     store_dir = store_dir or os.environ.get("NIX_STORE_DIR") or DEFAULT_STORE_DIR
     if isinstance(data.get("derivations"), dict) and "version" in data:  # format version 4 (Nix 2.33+)
         store_dir = str(data.get("storeDir") or store_dir)

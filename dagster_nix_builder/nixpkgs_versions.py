@@ -36,10 +36,9 @@ from packaging.version import InvalidVersion, Version
 
 from . import processes
 from .errors import NixCommandError
+from .nix_settings import DEFAULT_NIX_CONFIG, bootstrap_nix_config
 
 logger = logging.getLogger(__name__)
-
-from .nix_settings import DEFAULT_NIX_CONFIG, bootstrap_nix_config
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,7 @@ class NixResource(ConfigurableResource):
         )
 
     def load_graph(self) -> NixPackageGraph:
-        """Ask Nix for the package graph of :attr:`nix_dir` (see :func:`~dagster_nix_builder.graph.load_package_graph`)."""
+        """Ask Nix for the package graph of :attr:`nix_dir` (see :func:`.graph.load_package_graph`)."""
         return load_package_graph(self.cli())
 
     def build(self, attrs: Sequence[str], tests: Mapping[str, Sequence[str]] | None = None) -> Build:

@@ -111,7 +111,7 @@ def test_cli_unknown_selection_is_clear(tmp_path: Path, salt: str):
 def _sleepers(marker: str) -> list[str]:
     """Processes whose command line is ``marker``, or contains it when it is an option."""
     out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
-    rows = [line.strip().split(None, 1) + [""] for line in out.splitlines()[1:]]
+    rows = [[*line.strip().split(None, 1), ""] for line in out.splitlines()[1:]]
     return [f"{pid} {args}" for pid, args, *_ in rows
             if (marker in args if marker.startswith("--") else args == marker) and "ps -eo" not in args]  # fmt: skip
 

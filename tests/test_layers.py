@@ -85,7 +85,12 @@ def test_every_module_has_a_layer_and_imports_point_down():
 
 def test_no_import_cycle_and_no_import_inside_a_function():
     graph = {name: {t for t, _ in internal_imports(name, path)} for name, path in modules().items()}
-    nested = [f"{n} imports {t} inside a function" for n, p in modules().items() for t, inner in internal_imports(n, p) if inner]
+    nested = [
+        f"{n} imports {t} inside a function"
+        for n, p in modules().items()
+        for t, inner in internal_imports(n, p)
+        if inner
+    ]
     assert not nested, "\n".join(nested)
     state: dict[str, int] = {}
 

@@ -99,12 +99,14 @@ def test_nixpkgs_scope_wires_the_same_expressions():
 def test_bootstrap_builds_all_six_and_they_run_from_the_store(tmp_path: Path):
     result = nix_build(NIX_DIR, *PACKAGES, out_link=tmp_path / "result")
     assert result.returncode == 0, result.stderr[-4000:]
-    outs = dict(zip(PACKAGES, result.stdout.split()))
+    outs = dict(zip(PACKAGES, result.stdout.split(), strict=False))
     version = nix_eval(f"(import {NIX_DIR} {{}}).dagster.version")
 
     for package, exe in [("dagster", "dagster"), ("dagster", "dagster-daemon"),
                          ("dagster-graphql", "dagster-graphql"), ("dagster-webserver", "dagster-webserver")]:
-        run = subprocess.run([f"{outs[package]}/bin/{exe}", "--version"], capture_output=True, text=True, env={}, check=False)
+        run = subprocess.run(
+            [f"{outs[package]}/bin/{exe}", "--version"], capture_output=True, text=True, env={}, check=False
+        )
         assert run.returncode == 0, run.stderr
         assert version in run.stdout
     # dagster-webserver-debug has no --version option upstream; it must still start from the store.
@@ -130,7 +132,8 @@ def test_bootstrap_builds_all_six_and_they_run_from_the_store(tmp_path: Path):
     # is a virtual environment without the host's site-packages, so no host .pth hook runs in it.
     probe = ("import sys, certifi; "
              "print([p for p in sys.path if 'packages' in p and not p.startswith('/nix/store/')], certifi.__file__)")
-    child = subprocess.run([python, "-c", probe], capture_output=True, text=True, env={"PYTHONPATH": ":".join(site_dirs)}, check=False)
+    child = subprocess.run([python, "-c", probe], capture_output=True, text=True,
+                           env={"PYTHONPATH": ":".join(site_dirs)}, check=False)
     assert child.returncode == 0, child.stderr[-3000:]
     host_dirs, certifi = child.stdout.split(" ", 1)
     assert host_dirs == "[]" and certifi.startswith("/nix/store/")
@@ -156,7 +159,8 @@ def test_a_sandbox_that_hides_the_host_is_named_and_the_declared_paths_build(tmp
              "\"tar --version > $out; cp --version >> $out\"")
     # Only a static shell, as Debian 13's default sandbox-paths give: the host's programs are hidden.
     hidden = subprocess.run(
-        ["nix-build", "-E", probe, "--no-out-link", *SANDBOX_ON, "--option", "sandbox-paths", "/bin/sh=/usr/bin/bash-static"],
+        ["nix-build", "-E", probe, "--no-out-link", *SANDBOX_ON,
+         "--option", "sandbox-paths", "/bin/sh=/usr/bin/bash-static"],
         capture_output=True, text=True, env={**NIX_ENV, "NIX_CONFIG": DEFAULT_NIX_CONFIG}, check=False)
     assert hidden.returncode != 0
     assert "this build cannot see them: Nix's sandbox is on" in hidden.stderr, hidden.stderr[-2000:]
@@ -326,7 +330,8 @@ def test_release_sdists_match_the_pins(tmp_path: Path):
     pins = json.loads((NIX_DIR / "pins.json").read_text())
     for name, expected in pins["release"]["hashes"].items():
         sdist = subprocess.run(
-            ["nix-build", "-E", (f"(import {NIX_DIR}/bootstrap {{}}).fetchPypi {{ pname = \"{name.replace('-', '_')}\"; "
+            ["nix-build", "-E", (f"(import {NIX_DIR}/bootstrap {{}}).fetchPypi "
+                                 f"{{ pname = \"{name.replace('-', '_')}\"; "
                                  f"version = \"{pins['release']['version']}\"; hash = \"{expected}\"; }}"),
              "--no-out-link"],
             capture_output=True, text=True, env=NIX_ENV, check=True).stdout.strip()
@@ -335,7 +340,8 @@ def test_release_sdists_match_the_pins(tmp_path: Path):
 
 def test_an_interpreter_without_a_lock_or_missing_fails_at_evaluation_naming_the_fix():
     def evaluate(args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["nix-instantiate", "--eval", "-E", f"(import {NIX_DIR}/bootstrap {{ {args} }}).python3.drvPath"],
+        expr = f"(import {NIX_DIR}/bootstrap {{ {args} }}).python3.drvPath"
+        return subprocess.run(["nix-instantiate", "--eval", "-E", expr],
                               capture_output=True, text=True, env=NIX_ENV, check=False)
 
     unlocked = evaluate('hostPythonVersion = "3.9";')

@@ -97,7 +97,8 @@ def test_runcommand_keeps_passthru_and_meta_without_changing_the_derivation():
     assert nix_eval(
         f"let b = {bootstrap}; "
         "plain = b.runCommand \"x\" { a = \"1\"; } \"echo > $out\"; "
-        "rich = b.runCommand \"x\" { a = \"1\"; passthru = { blocking = true; }; meta.description = \"d\"; } \"echo > $out\"; "
+        "rich = b.runCommand \"x\" { a = \"1\"; passthru = { blocking = true; }; "
+        "meta.description = \"d\"; } \"echo > $out\"; "
         "in [ (plain.drvPath == rich.drvPath) rich.blocking rich.meta.description (plain ? meta) ]"
     ) == [True, True, "d", False]
     # Each package's tests are its attribute `tests` and `passthru.tests` alike, as in nixpkgs.
@@ -261,8 +262,8 @@ def test_a_webserver_that_does_not_serve_the_ui_fails_and_is_stopped(tmp_path: P
 def test_the_tests_of_the_six_pass_and_write_nothing_into_the_store():
     proc = nix_build(NIX_DIR, *ALL_TESTS)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    outs = dict(zip(ALL_TESTS, proc.stdout.split()))
-    packages = dict(zip(TESTS, nix_build(NIX_DIR, *TESTS).stdout.split()))
+    outs = dict(zip(ALL_TESTS, proc.stdout.split(), strict=False))
+    packages = dict(zip(TESTS, nix_build(NIX_DIR, *TESTS).stdout.split(), strict=False))
     version = nix_eval(f"(import {NIX_DIR} {{}}).dagster.version")
     for attr, out in outs.items():
         package, _, name = attr.split(".")

@@ -104,10 +104,8 @@ def _stop_group(proc: subprocess.Popen, timeout: float = 20.0, first: int = sign
                 time.sleep(0.2)
         except subprocess.TimeoutExpired:
             continue
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait()
 
 
@@ -153,7 +151,7 @@ def dagster_dev(tmp_path_factory) -> Iterator[str]:
         proc = subprocess.Popen(
             command, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: webserver, daemon and code server die together
-            preexec_fn=_default_signals,  # noqa: PLW1509 -- signal reset only; no locks taken
+            preexec_fn=_default_signals,
         )
     base = f"http://127.0.0.1:{port}"
     try:
