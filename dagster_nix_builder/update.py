@@ -35,6 +35,7 @@ from dagster_nix_builder.nix_settings import DEFAULT_NIX_CONFIG
 from dagster_nix_builder.pins import (
     RELEASE_PACKAGES,
     Pins,
+    SourceMode,
     parse_pins,
     remove_stale_temp_files,
     render_pins,
@@ -109,7 +110,7 @@ class Updater:
         """Pin the release source to `version` (default: the newest complete release), rebuild, check, commit."""
         return self._update("release", version, switch=switch)
 
-    def _update(self, mode: str, target: str | None, **options: Any) -> UpdateResult:
+    def _update(self, mode: SourceMode, target: str | None, **options: Any) -> UpdateResult:
         repo = open_repo(self.repo_dir)
         with exclusive(Path(repo.git_dir)):
             journal = FileJournal(self.repo_dir, Path(repo.git_dir), self.log)
@@ -132,7 +133,7 @@ class Updater:
         self,
         repo: git.Repo,
         journal: FileJournal,
-        mode: str,
+        mode: SourceMode,
         target: str | None,
         *,
         url: str | None = None,
@@ -260,8 +261,12 @@ def update(
         raise ValueError("give rev (git mode) or version (release mode), not both")
     if source is not None and source not in ("git", "release"):
         raise ValueError(f"source must be 'git' or 'release', not {source!r}")
-    mode = source or ("git" if rev is not None else "release" if version is not None else None)
-    if mode is None:
+    mode: SourceMode
+    if source == "git" or (source is None and rev is not None):
+        mode = "git"
+    elif source == "release" or (source is None and version is not None):
+        mode = "release"
+    else:
         raise ValueError("give source ('git' or 'release'), a rev (git mode) or a version (release mode)")
     if mode == "git" and version is not None:
         raise ValueError("source 'git' takes a rev, not a version")

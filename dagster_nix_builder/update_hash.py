@@ -71,7 +71,7 @@ def discover_hashes(
     if mode == "git":
         fake = candidate.with_git(hash=FAKE_HASH)
     else:
-        fake = candidate.with_release(hashes={p: FAKE_HASH for p in RELEASE_PACKAGES})
+        fake = candidate.with_release(hashes=dict.fromkeys(RELEASE_PACKAGES, FAKE_HASH))
     cli = nix_cli(settings, repo_dir, mode, fake)
     proc = build_with_pins(cli, [settings.source_attr], fake, timeout=settings.timeout_seconds, log=log)
     mismatches = parse_hash_mismatches(proc.stderr)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from dagster_nix_builder.errors import NixBuilderError
 from dagster_nix_builder.nix_settings import DEFAULT_NIX_CONFIG
 
 
-class UpdateStep(str, Enum):
+class UpdateStep(StrEnum):
     """The steps of an update, in order."""
 
     PREFLIGHT = "preflight"

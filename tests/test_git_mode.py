@@ -97,12 +97,19 @@ BAD_PINS = {
     "rev-short": (git_pins(rev="abc123", hash=HASH), 'git.rev must be a full 40-hex commit, not "abc123"'),
     "rev-number": (git_pins(rev=42, hash=HASH), "git.rev must be a full 40-hex commit, not 42"),
     "hash-null": (git_pins(rev=REV, hash=None), f"git.hash is not set for rev {REV}"),
-    "hash-malformed": (git_pins(rev=REV, hash="md5-xyz"), 'git.hash must be an SRI sha256 hash (sha256-<43 base64>=), not "md5-xyz"'),
-    "version-bad": (git_pins(rev=REV, hash=HASH, version="a b"), 'git.version must be a version such as "1!0+dev", not "a b"'),
+    "hash-malformed": (
+        git_pins(rev=REV, hash="md5-xyz"), 'git.hash must be an SRI sha256 hash (sha256-<43 base64>=), not "md5-xyz"'
+    ),
+    "version-bad": (
+        git_pins(rev=REV, hash=HASH, version="a b"), 'git.version must be a version such as "1!0+dev", not "a b"'
+    ),
     "url-missing": (_drop_url, "git.url must be a repository URL or path, not null"),
     "source-unknown": (_source("svn"), 'nix/pins.json: source must be "release" or "git", not "svn"'),
     "release-hash-missing": (_release_without("dagster-shared"), "release.hashes has no hash for dagster-shared"),
-    "release-hash-malformed": (_release_hash("dagster", "abc"), 'release.hashes.dagster must be an SRI sha256 hash (sha256-<43 base64>=), not "abc"'),
+    "release-hash-malformed": (
+        _release_hash("dagster", "abc"),
+        'release.hashes.dagster must be an SRI sha256 hash (sha256-<43 base64>=), not "abc"',
+    ),
 }
 
 
