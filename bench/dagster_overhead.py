@@ -86,7 +86,8 @@ if TRACE:  # every Nix command of this process, timed (kind, seconds), and the p
         try:
             return _run(self, command, **kwargs)
         finally:
-            words = [w for w in command[1:] if not w.startswith("/") and w not in ("--log-format", "internal-json", "-v")]
+            noise = ("--log-format", "internal-json", "-v")
+            words = [w for w in command[1:] if not w.startswith("/") and w not in noise]
             with open(TRACE, "a") as out:
                 out.write(json.dumps({"kind": " ".join([os.path.basename(command[0]), *words[:2]]),
                                       "start": start, "seconds": time.time() - start}) + "\\n")
@@ -307,6 +308,10 @@ def wait_for_quiet(max_wait: float) -> bool:
         time.sleep(2)
 
 
+class RunFailedError(Exception):
+    """A Dagster run failed (a cold one may, e.g. a download); the cold loop tries it once more."""
+
+
 class Bench:
     def __init__(self, work: Path, args: argparse.Namespace) -> None:
         self.work = work
@@ -330,6 +335,9 @@ class Bench:
         self.quiet = True
         self.contended: list[tuple[str, float]] = []
         self.in_use_waits: list[str] = []
+        self.skipped: list[str] = []
+        self.kept: list[str] = []
+        self.failed: list[str] = []
         self.last_trace: Path | None = None
 
     def timed(self, label: str, run) -> float:
@@ -364,7 +372,7 @@ class Bench:
         seconds = time.monotonic() - start
         end_wall = time.time()
         if proc.returncode != 0:
-            sys.exit(f"bench: {' '.join(command)} failed ({proc.returncode}):\n{log.read_text()[-4000:]}")
+            raise RunFailedError(f"bench: {' '.join(command)} failed ({proc.returncode}):\n{log.read_text()[-3000:]}")
         return seconds, self.phases(start_wall, end_wall, trace)
 
     def phases(self, start: float, end: float, trace: Path) -> dict:
@@ -398,8 +406,9 @@ class Bench:
         ]
         out: dict = {name: round(b - a, 3) for name, a, b in marks if a is not None and b is not None}
         out["nix_build_started"] = "NIX_BUILD_START" in first
-        out["materializations"] = sum(1 for e in logs if e.dagster_event and e.dagster_event.event_type.name == "ASSET_MATERIALIZATION")
-        out["check_evaluations"] = sum(1 for e in logs if e.dagster_event and e.dagster_event.event_type.name == "ASSET_CHECK_EVALUATION")
+        types = [e.dagster_event.event_type.name for e in logs if e.dagster_event]
+        out["materializations"] = types.count("ASSET_MATERIALIZATION")
+        out["check_evaluations"] = types.count("ASSET_CHECK_EVALUATION")
         if trace.is_file():
             commands: dict[str, dict] = {}
             for line in trace.read_text().splitlines():
@@ -418,19 +427,37 @@ class Bench:
         seconds, _ = ps.timed_build(os.cpu_count() or 1, self.args.targets)
         return seconds
 
-    def cold(self, drvs: list[str], run):
-        """Delete everything the six and their tests need, then ``run()``.
+    def cold(self, drvs: list[str], run, label: str) -> float | None:
+        """Delete everything the six and their tests need, then ``run()``; None if it could not be done.
 
-        Waits while another build holds a path, or a running process uses one (never forced)."""
+        Deletes only when no other nix process runs (waits up to --quiet-wait, else skips this run), and
+        waits while another build holds a path or a running process uses one (never forced). A failed
+        run is tried once more."""
+        for attempt in (1, 2):
+            if not self._delete(drvs):
+                self.skipped.append(f"{label}: not quiet for {self.args.quiet_wait:.0f}s, skipped")
+                return None
+            if ps.KEPT:
+                self.kept.append(f"{label}: {len(ps.KEPT)} outputs kept for other builds")
+            try:
+                return run()
+            except RunFailedError as exc:
+                print(str(exc)[-1500:], file=sys.stderr)
+                self.failed.append(f"{label} (attempt {attempt}): {str(exc)[-600:]}")
+        return None
+
+    def _delete(self, drvs: list[str]) -> bool:
         deadline = time.monotonic() + self.args.in_use_wait
         attempt = 0
         while True:
             attempt += 1
-            self.quiet &= wait_for_quiet(self.args.quiet_wait if attempt == 1 else 5)
+            if not wait_for_quiet(self.args.quiet_wait):
+                self.quiet = False
+                return False
             try:
                 ps.delete_everything_built(drvs)
                 break
-            except ps.StorePathsInUse as exc:
+            except ps.StorePathsInUseError as exc:
                 if attempt == 1 or attempt % 15 == 0:
                     print(f"bench: waiting, store paths in use: {exc}", file=sys.stderr)
                 self.in_use_waits.append(str(exc)[:300])
@@ -439,7 +466,7 @@ class Bench:
             if time.monotonic() > deadline:
                 sys.exit(f"bench: the six's store paths stayed in use for {self.args.in_use_wait:.0f}s; not forced")
             time.sleep(2)
-        return run()
+        return True
 
     def load(self, module: str, nix_dir: Path) -> dict:
         """Definitions load in a fresh interpreter (seconds, plus the wall time of the whole process)."""
@@ -532,11 +559,16 @@ def main() -> None:
 
         cold: dict[str, list[float]] = {"bare": [], "full": [], "dg": []}
         cold_phases: dict[str, list[dict]] = {"full": [], "dg": []}
+        def cold_run(kind: str, run) -> None:
+            seconds = bench.cold(drvs, lambda: bench.timed(f"cold {kind}", run), f"cold {kind}")
+            if seconds is not None:
+                cold[kind].append(seconds)
+
         for _ in range(args.cold_runs):
-            cold["bare"].append(bench.cold(drvs, lambda: bench.timed("cold bare", bench.bare)))
-            cold["full"].append(bench.cold(drvs, lambda: bench.timed("cold full", dagster_run("full", cold_phases["full"]))))
+            cold_run("bare", bench.bare)
+            cold_run("full", dagster_run("full", cold_phases["full"]))
         for _ in range(args.dg_cold_runs if dg else 0):
-            cold["dg"].append(bench.cold(drvs, lambda: bench.timed("cold dg", dagster_run("dg", cold_phases["dg"]))))
+            cold_run("dg", dagster_run("dg", cold_phases["dg"]))
 
         kinds = ["full", *(["dg"] if dg else []), "shipped", "shape", "trivial"]
         noop: dict[str, list[float]] = {"bare": [], **{k: [] for k in kinds}}
@@ -606,7 +638,7 @@ def main() -> None:
         "runs_used": {"cold_runs": args.cold_runs, "dg_cold_runs": args.dg_cold_runs if dg else 0,
                       "noop_runs": args.noop_runs, "load_runs": args.load_runs},
         "nix": ps.run(["nix", "--version"]).stdout.strip(),
-        "python": subprocess.run(["/usr/bin/python3", "-V"], capture_output=True, text=True, check=False).stdout.strip(),
+        "python": subprocess.run(["/usr/bin/python3", "-V"], capture_output=True, text=True).stdout.strip(),
         "sandbox": next((line.split("=", 1)[1].strip() for line in ps.run(["nix", "show-config"]).stdout.splitlines()
                          if line.startswith("sandbox =")), None),
         "dagster": subprocess.run(
@@ -617,6 +649,9 @@ def main() -> None:
         "store_quiet": quiet,
         "contended_runs": [f"{label}: {seconds}s" for label, seconds in bench.contended],
         "waits_for_paths_in_use": bench.in_use_waits[:10],
+        "cold_runs_skipped": bench.skipped,
+        "cold_outputs_kept_for_other_builds": bench.kept,
+        "failed_runs": bench.failed,
     }
     figures["meets_aims"] = {
         "overhead_ratio_cold": (figures["cold"]["overhead_ratio"] or 99) <= AIMS["overhead_ratio_cold_max"],

@@ -51,7 +51,11 @@ def drv_paths(with_tests: bool = False) -> list[str]:
     return run(cmd, check=True).stdout.split()
 
 
-class StorePathsInUse(Exception):
+# Outputs the last delete_everything_built kept because builds of others need them (see there).
+KEPT: list[str] = []
+
+
+class StorePathsInUseError(Exception):
     """Some paths to delete are in use by a running process (or a running Nix holds them): never forced."""
 
 
@@ -67,13 +71,14 @@ def _in_use_roots() -> dict[str, str]:
 
 
 def delete_everything_built(drvs: list[str]) -> int:
-    """Delete the outputs of every derivation in the closure of ``drvs`` (fetches included) and whatever
-    refers to them; sources such as pybuild.py stay, as their .drv files still refer to them.
+    """Delete the outputs of every derivation in the closure of ``drvs`` (fetches included); sources such
+    as pybuild.py stay, as their .drv files still refer to them.
 
-    Out-links (permanent GC roots, e.g. of earlier runs) do not keep a path: cold means built again, and a
-    later build makes the path valid again under its link. A path a running process uses (a GC root under
-    /proc, or a running Nix's temporary root) is never deleted: :class:`StorePathsInUse` names them, and
-    the caller waits (Nix itself refuses temporary roots: the same exception)."""
+    Out-links (permanent GC roots, e.g. of earlier runs) do not keep one of these outputs: cold means built
+    again, and a later build makes the path valid again (the same path) under its link. Other paths that
+    refer to them (other builds, e.g. another version) are not deleted, and the outputs they need are
+    kept (:data:`KEPT`). A path a running process uses (a GC root under /proc, or a running Nix's
+    temporary root) is never deleted: :class:`StorePathsInUseError` names them, and the caller waits."""
     closure = run(["nix-store", "-qR", *drvs], check=True).stdout.split()
     derivations = [p for p in closure if p.endswith(".drv")]
     outputs = run(["nix-store", "-q", "--outputs", *derivations], check=True).stdout.split()
@@ -81,16 +86,24 @@ def delete_everything_built(drvs: list[str]) -> int:
     if not outputs:
         return 0
     doomed = run(["nix-store", "-q", "--referrers-closure", *outputs], check=True).stdout.split()
-    doomed = [p for p in doomed if not p.endswith(".drv")]
+    # Paths of other builds (not outputs of these derivations, e.g. another version a test built) that
+    # refer to ours are never deleted, nor what of ours they need: that much stays valid (KEPT says how much).
+    ours = set(outputs)
+    foreign = [p for p in doomed if p not in ours and not p.endswith(".drv")]
+    keep = set(run(["nix-store", "-qR", *foreign], check=True).stdout.split()) if foreign else set()
+    KEPT[:] = sorted(ours & keep)
+    doomed = [p for p in doomed if p in ours and p not in keep]
+    if not doomed:
+        return 0
     in_use = _in_use_roots()
     if in_use:
         alive = set(run(["nix-store", "-qR", *sorted(set(in_use.values()))]).stdout.split())
         if alive.intersection(doomed):
             held = sorted(root for root, path in in_use.items() if path in alive)
-            raise StorePathsInUse(f"{len(alive.intersection(doomed))} paths in use, roots: {held[:5]}")
+            raise StorePathsInUseError(f"{len(alive.intersection(doomed))} paths in use, roots: {held[:5]}")
     result = run(["nix-store", "--delete", "--ignore-liveness", *doomed])
     if result.returncode != 0 and "still alive" in result.stderr:
-        raise StorePathsInUse(result.stderr.strip()[-500:])
+        raise StorePathsInUseError(result.stderr.strip()[-500:])
     if result.returncode != 0:
         sys.exit(f"bench: could not delete the previous build:\n{result.stderr[-2000:]}")
     return len(doomed)
@@ -167,7 +180,8 @@ def main() -> None:
     figures["children_max_rss_mib"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
     figures["nix"] = run(["nix", "--version"]).stdout.strip()
     figures["cores"] = os.cpu_count()
-    figures["python"] = subprocess.run(["/usr/bin/python3", "-V"], check=False, text=True, capture_output=True).stdout.strip()
+    python = subprocess.run(["/usr/bin/python3", "-V"], check=False, text=True, capture_output=True)
+    figures["python"] = python.stdout.strip()
     figures["sandbox"] = next((line.split("=", 1)[1].strip() for line in
                                run(["nix", "show-config"]).stdout.splitlines() if line.startswith("sandbox =")), None)
     print(json.dumps(figures, indent=2))
