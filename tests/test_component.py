@@ -315,7 +315,7 @@ def test_dg_launch_builds_the_six_of_the_repo(tmp_path: Path):
     )
     out = subprocess.run([sys.executable, "-c", code, *sorted(graph)], env=env, capture_output=True, text=True,
                          check=True).stdout.splitlines()  # fmt: skip
-    assert json.loads(out[0]) == {k: True for k in graph}
+    assert json.loads(out[0]) == dict.fromkeys(graph, True)
     assert json.loads(out[1]) == ["SUCCESS"]
     expected = sorted([attr, test, True] for attr, package in graph.packages.items() for test in package.tests)
     assert json.loads(out[2]) == expected
