@@ -52,7 +52,8 @@ def bootstrap_sandbox_paths(
     return paths
 
 
-def _local_path(location: str) -> str | None:
+def local_path(location: str) -> str | None:
+    """The directory of a local location (a path or `file://` URL), None for a remote one."""
     if location.startswith("file://"):
         return unquote(urlsplit(location).path)
     return location if location.startswith("/") else None
@@ -70,7 +71,7 @@ def _local_pip_locations(config_files: list[str]) -> list[str]:
         except (configparser.Error, OSError):
             continue  # pip itself reports a broken configuration, naming the file
         values += [parser.get(section, key, fallback="") for section in parser.sections() for key in PIP_LOCATION_KEYS]
-    return [local for value in values for location in value.split() if (local := _local_path(location))]
+    return [local for value in values for location in value.split() if (local := local_path(location))]
 
 
 def local_upstreams(nix_dir: str | os.PathLike[str] | None) -> list[str]:
@@ -82,7 +83,7 @@ def local_upstreams(nix_dir: str | os.PathLike[str] | None) -> list[str]:
         url = json.loads(Path(nix_dir, "pins.json").read_text())["git"]["url"]
     except (OSError, ValueError, KeyError, TypeError):
         return []  # the package set itself reports a missing or broken pins.json
-    local = _local_path(url) if isinstance(url, str) else None
+    local = local_path(url) if isinstance(url, str) else None
     return [local] if local else []
 
 

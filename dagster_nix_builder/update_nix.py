@@ -14,12 +14,11 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 from dagster_nix_builder.build import LOG_TAIL_LINES
 from dagster_nix_builder.log_format import ActivityStarted, BuildLogLine, error_messages, parse_line
 from dagster_nix_builder.nix_cli import NixCli, describe
-from dagster_nix_builder.nix_settings import uses_bootstrap_scope
+from dagster_nix_builder.nix_settings import local_path, uses_bootstrap_scope
 from dagster_nix_builder.pins import Pins
 from dagster_nix_builder.processes import stop_group
 from dagster_nix_builder.update_model import Log, UpdateSettings
@@ -45,14 +44,6 @@ def nix_cli(settings: UpdateSettings, repo_dir: Path, mode: str, pins: Pins | No
     if local and uses_bootstrap_scope(scope, cli.tool_path("nix-instantiate")):
         cli = replace(cli, nix_config=f"{settings.nix_config}\nextra-sandbox-paths = {local}")
     return cli
-
-
-def local_path(url: str) -> str | None:
-    """The directory of a local git upstream (a path or `file://` URL), None for a remote one."""
-    # The same rule as nix_settings' (private) reading of pins.json; TODO: share it once it is public.
-    if url.startswith("file://"):
-        return unquote(urlsplit(url).path)
-    return url if url.startswith("/") else None
 
 
 def pins_nix_expression(pins: Pins) -> str:
