@@ -1,7 +1,7 @@
 """dagster-nix-builder: every package of a Nix package set a Dagster asset, every build a materialization."""
 
 from .assets import nix_assets
-from .build import NixBuild, PackageOutcome, Target, TestOutcome
+from .build import NixBuild
 from .errors import (
     NixBuilderError,
     NixBuildError,
@@ -14,6 +14,7 @@ from .errors import (
 )
 from .graph import NixPackage, NixPackageGraph, NixTest, load_package_graph
 from .nix_cli import NixCli
+from .outcomes import PackageOutcome, Target, TestOutcome
 from .resource import NixResource
 from .translator import DagsterNixTranslator, DagsterNixTranslatorSettings
 

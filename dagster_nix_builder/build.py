@@ -21,11 +21,10 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
 
 from . import processes
 from .errors import NixBuildError, NixCommandError
-from .graph import NixPackage, NixPackageGraph, NixTest
+from .graph import NixPackageGraph
 from .log_format import (
     ActivityProgress,
     ActivityStarted,
@@ -38,6 +37,7 @@ from .log_format import (
     parse_line,
 )
 from .nix_cli import NixCli, describe
+from .outcomes import Note, Outcome, PackageOutcome, Status, Tail, Target, TestOutcome
 
 LOG_TAIL_LINES = 25
 # At most this often (and after this long without a word from Nix) ask whether pending outputs became
@@ -46,79 +46,6 @@ PROBE_INTERVAL_S = 1.0
 DRV_IN_TEXT = re.compile(r"/nix/store/[0-9a-z]{32}-[^\s'\"`]+\.drv")
 # What Nix says when `--rebuild` gives an output other than the valid one.
 NONDETERMINISTIC = "may not be deterministic"
-
-Status = Literal["built", "valid", "failed"]
-Tail = Sequence[str]
-Note = str | None
-
-
-class _Settled:
-    status: Status
-
-    @property
-    def ok(self) -> bool:
-        """Whether the outputs are valid now (a package's: built; a test's: it passed)."""
-        return self.status != "failed"
-
-
-@dataclass(frozen=True)
-class PackageOutcome(_Settled):
-    """What happened to one selected package in this build."""
-
-    attr: str
-    package: NixPackage
-    status: Status
-    built_now: bool = False
-    build_seconds: float = 0.0
-    reason: str | None = None
-    log_tail: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class TestOutcome(_Settled):
-    """What happened to one selected test (a derivation of ``<attr>.tests``) in this build: it passed if
-    its output is valid (built now, or already by an earlier build of the same derivation)."""
-
-    __test__ = False  # not a pytest class
-
-    attr: str
-    test: NixTest
-    status: Status
-    built_now: bool = False
-    build_seconds: float = 0.0
-    reason: str | None = None
-    log_tail: tuple[str, ...] = ()
-    note: str | None = None
-    """Said of a passing test, e.g. that a rebuild gave another output (the test is not deterministic)."""
-
-
-Outcome = PackageOutcome | TestOutcome
-
-
-class Build(Protocol):
-    """What every backend's build offers (:class:`NixBuild`, ``flox_build.FloxBuild``)."""
-
-    command: list[str]
-
-    def outcomes(self) -> Iterator[Outcome]: ...
-
-    def wait(self) -> Sequence[Outcome]: ...
-
-    def terminate(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Target:
-    """One installable of the build: a package (``test`` None) or one of its tests."""
-
-    attr: str
-    test: str | None = None
-
-    @property
-    def installable(self) -> str:
-        """The attribute path ``nix build --file <dir>`` takes."""
-        return self.attr if self.test is None else f"{self.attr}.tests.{self.test}"
-
 
 @dataclass
 class _Build:
@@ -293,13 +220,18 @@ class NixBuild:
             self.errors.append(event.msg)
         elif isinstance(event, ActivityProgress) and event.id == self._builds_activity:
             # Nix 2.8 stops build activities only at the very end; a rising "done" count is the first
-            # structured sign that some build finished, so then look which outputs became valid.
-            probe = event.done > self._done_count
+            # structured sign that some build finished: look which outputs became valid, if one of the
+            # finished builds can be ours (most of a cold run is dependencies: no Nix call for them).
+            probe = event.done > self._done_count and self._target_building()
             self._done_count = event.done
         elif isinstance(event, ActivityStopped) and event.id in self._activities:
-            probe = True
+            probe = self._activities[event.id] in self._by_drv
         if not self.rebuild and (probe or (tick and time.monotonic() - self._last_probe >= PROBE_INTERVAL_S)):
             yield from self._probe()
+
+    def _target_building(self) -> bool:
+        """Whether Nix started building a target that is not settled yet."""
+        return any(t not in self._outcomes for drv, t in self._by_drv.items() if drv in self._builds)
 
     def _probe(self) -> Iterator[Outcome]:
         """Report every pending target whose outputs are valid now (one Nix call), also those this
@@ -417,4 +349,4 @@ class NixBuild:
             raise NixCommandError(self.command, self.returncode, self.errors)
 
 
-__all__ = ["Build", "NixBuild", "Outcome", "PackageOutcome", "Target", "TestOutcome"]
+__all__ = ["LOG_TAIL_LINES", "NixBuild"]

@@ -19,7 +19,7 @@ from pathlib import Path
 from dagster import AssetExecutionContext
 from pydantic import Field, field_validator
 
-from .build import Build, NixBuild, Outcome, Target
+from .build import NixBuild
 from .flox_build import (
     FLOX_NOT_INSTALLED,
     FloxBuild,
@@ -31,6 +31,7 @@ from .flox_build import (
     prepare_layout,
     validate_package_names,
 )
+from .outcomes import Build, Outcome, Target
 from .resource import NixResource
 from .results import Result, nix_builds, selected_targets, stream
 

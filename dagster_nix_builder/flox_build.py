@@ -25,10 +25,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import processes
-from .build import PackageOutcome
 from .errors import NixBuilderError, NixPackageSetError
 from .graph import NixPackage, NixPackageGraph
 from .nix_cli import NixCli, describe
+from .outcomes import PackageOutcome
 
 FLOX_NOT_INSTALLED = "flox CLI not installed"
 LOG_TAIL_LINES = 40

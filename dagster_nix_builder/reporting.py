@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .build import Outcome, PackageOutcome, Target, TestOutcome
 from .graph import NixPackageGraph
+from .outcomes import Outcome, PackageOutcome, Target, TestOutcome
 
 
 class ReportQueue:

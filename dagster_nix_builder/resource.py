@@ -11,11 +11,12 @@ from typing import Any
 from dagster import AssetExecutionContext, ConfigurableResource
 from pydantic import Field, field_validator
 
-from .build import Build, NixBuild, Target
+from .build import NixBuild
 from .errors import NixNotFoundError
 from .graph import NixPackageGraph, load_package_graph
 from .nix_cli import NixCli
 from .nix_settings import DEFAULT_NIX_CONFIG
+from .outcomes import Build, Target
 from .results import Result, build_and_stream
 
 

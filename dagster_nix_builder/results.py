@@ -24,10 +24,11 @@ from dagster import (
     MetadataValue,
 )
 
-from .build import NixBuild, Outcome, PackageOutcome, Target, TestOutcome
+from .build import NixBuild
 from .errors import NixBuildError
 from .graph import NixPackage, NixPackageGraph, store_hash
 from .nix_cli import NixCli
+from .outcomes import Outcome, PackageOutcome, Target, TestOutcome
 from .reporting import ReportQueue
 from .translator import ATTR_KEY
 

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dagster_nix_builder import processes
-from dagster_nix_builder.build import NixBuild, PackageOutcome, Target, TestOutcome
+from dagster_nix_builder.build import NixBuild
 from dagster_nix_builder.errors import NixBuilderError, NixCommandError
 from dagster_nix_builder.graph import NixPackageGraph, load_package_graph
 from dagster_nix_builder.nix_cli import NixCli
+from dagster_nix_builder.outcomes import PackageOutcome, Target, TestOutcome
 from dagster_nix_builder.update_model import Log, UpdateError, UpdateSettings, UpdateStep
 from dagster_nix_builder.update_nix import nix_cli
 

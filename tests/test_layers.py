@@ -15,7 +15,7 @@ MAX_LINES = 420  # "about 400"
 # Lower layers never import higher ones. 0: Nix, no Dagster; 1: Dagster adapters; 2: following upstream;
 # 3: the assembly (component, definitions, CLI).
 LAYERS = {
-    0: ("errors", "processes", "log_format", "nix_output", "nix_settings", "nix_cli", "graph", "build",
+    0: ("errors", "processes", "log_format", "nix_output", "nix_settings", "nix_cli", "graph", "outcomes", "build",
         "reporting", "flox_build", "nixpkgs_versions"),
     1: ("translator", "results", "resource", "assets", "flox"),
     2: ("pins", "git_upstream", "update", "update_*", "upstream", "upstream.*", "sensors"),

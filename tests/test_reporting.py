@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from dagster_nix_builder.build import NixBuild, PackageOutcome, Target, TestOutcome
+from dagster_nix_builder.build import NixBuild
 from dagster_nix_builder.graph import NixPackage, NixPackageGraph, NixTest, package_graph_from_json
 from dagster_nix_builder.log_format import ActivityProgress, ActivityStarted, ActivityType, parse_line
+from dagster_nix_builder.outcomes import PackageOutcome, Target, TestOutcome
 from dagster_nix_builder.reporting import ReportQueue
 
 FIXTURES = Path(__file__).parent / "fixtures"
