@@ -25,15 +25,12 @@ a temporary file renamed over the old one) through the framework's ``refresh_sta
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import json
 import os
 import platform
 import shutil
 import sys
-import types
-import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -57,80 +54,13 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator
 from . import graph as graph_module
 from .assets import nix_assets
 from .errors import NixConfigError
-from .graph import NixPackageGraph, load_package_graph
+from .graph import evaluate_package_set, graph_from_document
 from .nix_settings import DEFAULT_HOST_PYTHON, DEFAULT_NIX_CONFIG
 from .resource import NixResource
 from .sensors import package_automation_condition, update_definitions
 from .translator import DagsterNixTranslator, DagsterNixTranslatorSettings
 
-STATE_FORMAT = 1
-
-
-# ---- the state: the package graph as JSON, generic over the dataclasses' fields ---------------------------
-
-
-def to_json(graph: NixPackageGraph) -> dict[str, Any]:
-    """The graph as a JSON-able document (every dataclass field, nested dataclasses and mappings included)."""
-    return _plain(graph)
-
-
-def from_json(data: Mapping[str, Any]) -> NixPackageGraph:
-    """The graph of a :func:`to_json` document. Fields the document lacks take their defaults; keys the
-    dataclasses no longer have are ignored."""
-    return _build(NixPackageGraph, data)
-
-
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _build(tp: Any, value: Any) -> Any:
-    """``value`` (from JSON) as an instance of the annotation ``tp``."""
-    if value is None:
-        return None
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _build(options[0], value) if len(options) == 1 else value
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        hints = typing.get_type_hints(tp, vars(sys.modules[tp.__module__]))
-        known = {f.name for f in dataclasses.fields(tp) if f.init}
-        return tp(**{k: _build(hints[k], v) for k, v in value.items() if k in known})
-    if origin is not None and issubclass(origin, Mapping):
-        args = typing.get_args(tp)
-        return {k: _build(args[1], v) for k, v in value.items()} if args else dict(value)
-    if origin is tuple:
-        args = typing.get_args(tp)
-        item = args[0] if args else Any
-        return tuple(_build(item, v) for v in value)
-    if origin is list:
-        args = typing.get_args(tp)
-        return [_build(args[0] if args else Any, v) for v in value]
-    return value
-
-
-def _schema(tp: Any, seen: set | None = None) -> list[str]:
-    """Field names of ``tp`` and the dataclasses it nests: part of the fingerprint, so a state written by a
-    version of the graph with other fields is evaluated again."""
-    seen = set() if seen is None else seen
-    if not (isinstance(tp, type) and dataclasses.is_dataclass(tp)) or tp in seen:
-        return []
-    seen.add(tp)
-    hints = typing.get_type_hints(tp, vars(sys.modules[tp.__module__]))
-    out = [f"{tp.__name__}.{f.name}" for f in dataclasses.fields(tp)]
-    for f in dataclasses.fields(tp):
-        stack = [hints[f.name]]
-        while stack:
-            t = stack.pop()
-            stack.extend(typing.get_args(t))
-            out += _schema(t, seen)
-    return out
+STATE_FORMAT = 2  # 2: the graph as graph.nix gave it (evaluate_package_set)
 
 
 # ---- the fingerprint ----------------------------------------------------------------------------------
@@ -322,7 +252,6 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
             "nix_path": os.environ.get("NIX_PATH"),
             "platform": [sys.platform, platform.machine()],
             "code": _code_digest(),
-            "schema": _schema(NixPackageGraph),
         }
 
     def fingerprint(self) -> str:
@@ -332,12 +261,11 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
         """Evaluate the package set with Nix; write graph and fingerprint (a temporary file, then a rename)."""
         nix = self.nix_resource()
         fingerprint = self.fingerprint()  # before evaluating: an edit during the evaluation is seen next time
-        graph = load_package_graph(nix)
         document = {
             "format": STATE_FORMAT,
             "fingerprint": fingerprint,
             "nix_version": str(nix.cli().nix_version()),
-            "graph": to_json(graph),
+            "graph": evaluate_package_set(nix),
         }
         state_path.parent.mkdir(parents=True, exist_ok=True)
         temporary = state_path.with_name(f".{state_path.name}.{os.getpid()}.tmp")
@@ -391,7 +319,7 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
                 f"NixPackageSetComponent: no state for {self.package_dir} (key {self.defs_state_config.key!r}); "
                 "run `dg utils refresh-defs-state`."
             )
-        graph = from_json(state["graph"])
+        graph = graph_from_document(state["graph"])
         # Rebuild downstream packages after a dependency changes, and retry a failed one once its dependency
         # is fixed. Stopped until turned on: on its first tick it builds every missing package.
         automation = AutomationConditionSensorDefinition(

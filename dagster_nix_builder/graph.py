@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from . import processes
 from .errors import NixDependencyCycleError, NixEvalError, NixPackageSetError
@@ -217,7 +217,14 @@ def _evaluate(nix: NixCli, nix_dir: str, with_info: bool, only: str = "") -> dic
 
 
 def load_package_graph(nix: NixCli | HasNixCli) -> NixPackageGraph:
-    """Evaluate the package set of ``nix.nix_dir`` and return its graph.
+    """Evaluate the package set of ``nix.nix_dir`` and return its graph (see :func:`evaluate_package_set`)."""
+    return graph_from_document(evaluate_package_set(nix))
+
+
+def evaluate_package_set(nix: NixCli | HasNixCli) -> dict[str, Any]:
+    """Evaluate the package set of ``nix.nix_dir``: a JSON document of what ``graph.nix`` said (``nix_dir``,
+    ``packages``, and ``eval_errors`` of packages whose derivation throws), which :func:`graph_from_document`
+    reads without Nix (a component keeps it as its state).
 
     Raises:
         NixPackageSetError: the directory has no ``default.nix``, a JSON file it reads is invalid (names
@@ -243,9 +250,14 @@ def load_package_graph(nix: NixCli | HasNixCli) -> NixPackageGraph:
             raise info_error from None
         _toposort(_packages(bare))
         raise
-    graph = package_graph_from_json(nix_dir, data)
-    errors = {attr: _eval_error_of(nix, nix_dir, attr) for attr in graph if data[attr].get("evalFailed")}
-    return package_graph_from_json(nix_dir, data, errors) if errors else graph
+    package_graph_from_json(nix_dir, data)  # a cycle or a bad test name fails here, before any message query
+    errors = {attr: _eval_error_of(nix, nix_dir, attr) for attr in data if data[attr].get("evalFailed")}
+    return {"nix_dir": nix_dir, "packages": data, "eval_errors": errors}
+
+
+def graph_from_document(document: Mapping[str, Any]) -> NixPackageGraph:
+    """The graph of an :func:`evaluate_package_set` document, without Nix."""
+    return package_graph_from_json(document["nix_dir"], document["packages"], document.get("eval_errors"))
 
 
 def package_graph_from_json(
