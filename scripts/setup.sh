@@ -13,6 +13,8 @@ if [[ "${1:-}" == "--test" ]]; then
   command -v chromium >/dev/null 2>&1 || apt_packages+=(chromium)
   # A static shell: the sandbox tests give builders this /bin/sh alone, as Debian 13's Nix does.
   [[ -x /usr/bin/bash-static ]] || apt_packages+=(bash-static)
+  # A real static HTTP server: the tests serve the binary cache on loopback with it (their own instance).
+  [[ -x /usr/sbin/nginx ]] || apt_packages+=(nginx)
 fi
 if ((${#apt_packages[@]})); then
   echo "setup: installing ${apt_packages[*]} from Debian" >&2
