@@ -9,7 +9,6 @@ anything failed or was held back.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from .errors import NixBuildError
 from .graph import NixPackage, NixPackageGraph, store_hash
 from .nix_cli import NixCli
 from .outcomes import Outcome, PackageOutcome, Target, TestOutcome
+from .provenance import describe_source, read_source
 from .reporting import ReportQueue
 from .translator import ATTR_KEY
 
@@ -168,29 +168,6 @@ def check_result(outcome: TestOutcome, key: AssetKey) -> AssetCheckResult:
         description=outcome.note if outcome.ok else outcome.reason,
         metadata=metadata,
     )
-
-
-def read_source(nix_dir: str) -> dict[str, Any] | None:
-    """The source pin of the package set (``<nix_dir>/pins.json``), if present."""
-    pins = Path(nix_dir) / "pins.json"
-    try:
-        data = json.loads(pins.read_text()) if pins.is_file() else None
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def describe_source(pins: Mapping[str, Any] | None) -> str:
-    """One line saying what the packages are built from."""
-    if not pins:
-        return "unknown (no pins.json)"
-    kind = pins.get("source")
-    if kind == "git":
-        git = pins.get("git") or {}
-        return f"git {git.get('url')} rev {git.get('rev')} hash {git.get('hash')}"
-    if kind == "release":
-        return f"release {(pins.get('release') or {}).get('version')}"
-    return f"{kind}"
 
 
 def wheel_path(package: NixPackage) -> str | None:
