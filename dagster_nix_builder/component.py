@@ -56,6 +56,7 @@ from .assets import nix_assets
 from .errors import NixConfigError
 from .graph import evaluate_package_set, graph_from_document
 from .nix_settings import DEFAULT_HOST_PYTHON, DEFAULT_NIX_CONFIG
+from .publish import PublishSettings, publish_assets
 from .resource import NixResource
 from .sensors import package_automation_condition, update_definitions
 from .translator import DagsterNixTranslator, DagsterNixTranslatorSettings
@@ -146,6 +147,19 @@ class NixTranslation(Model, Resolvable):
     checks: bool = Field(default=True, description="A check per passthru.tests test.")
 
 
+class NixPublish(Model, Resolvable):
+    """Where to publish (:class:`~dagster_nix_builder.publish.PublishSettings`): ``published/<attr>`` assets."""
+
+    cache_url: str = Field(description="Binary cache `nix copy` writes to, e.g. file:///srv/nix-cache.")
+    secret_key_file: str = Field(description="Signing key, outside the repository.")
+    cache_http_url: str | None = Field(default=None, description="Where consumers substitute from.")
+    index_repository_url: str | None = Field(default=None, description="Python package index upload URL.")
+    index_url: str | None = Field(default=None, description="Its simple index (the installs check).")
+    index_username: str | None = Field(default=None, description="Index user.")
+    index_password_env: str | None = Field(default=None, description="Variable holding the index password.")
+    allow_nonreproducible: bool = Field(default=False, description="Publish what does not rebuild identically.")
+
+
 class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
     """Every package of a Nix package set an asset, every build a materialization; the graph evaluated by
     Nix once and kept as the component's state until a file of the set or a Nix-relevant attribute changes."""
@@ -163,6 +177,7 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
     translation: NixTranslation = Field(default_factory=NixTranslation, description="Packages to specs.")
     automation: bool = Field(default=True, description="Eager condition, sensor (stopped).")
     include_update: bool = Field(default=True, description="The update job and its sensors.")
+    publish: NixPublish | None = Field(default=None, description="Publish each package (published/<attr>).")
     defs_state: ResolvedDefsStateConfig = Field(
         default_factory=lambda: DefsStateConfigArgs(
             management_type=DefsStateManagementType.LOCAL_FILESYSTEM, refresh_if_dev=False
@@ -333,6 +348,12 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
             # definitions a second time.
             executor=in_process_executor,
         )
+        if self.publish is not None:
+            translator = self.translator()
+            keys = {attr: translator.get_asset_key(attr) for attr in graph if graph[attr].outputs}
+            settings = PublishSettings(**self.publish.model_dump())
+            packages = Definitions.merge(packages, Definitions(
+                assets=[publish_assets(graph, keys, settings, group_name="published")]))
         return packages if not self.include_update else Definitions.merge(
             packages,
             # The update job and the upstream sensors: they edit and commit <package set>/pins.json.

@@ -18,7 +18,7 @@ LAYERS = {
     0: ("errors", "processes", "log_format", "nix_output", "nix_settings", "nix_cli", "graph", "outcomes", "build",
         "reporting", "flox_build", "nixpkgs_versions", "binary_cache", "package_index",
         "reproducible", "provenance", "flox_publish"),
-    1: ("translator", "results", "resource", "assets", "flox"),
+    1: ("translator", "results", "resource", "assets", "flox", "publish"),
     2: ("pins", "git_upstream", "update", "update_*", "upstream", "upstream.*", "sensors"),
     3: ("component", "definitions", "defs", "defs.*", "cli", "__main__", "__init__"),
 }
