@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY
-from dagster import AssetKey, DagsterInstance, Definitions, materialize
+from dagster import AssetKey, DagsterInstance, materialize
 from test_binary_cache import NGINX, serve_directory
 
 from dagster_nix_builder import NixResource, nix_assets
@@ -24,7 +24,8 @@ def package_set(tmp_path: Path) -> Path:
     """The tiny set plus ``clock``, which writes the time into its output: it never rebuilds bit for bit."""
     copy = tmp_path / "set"
     shutil.copytree(TINY, copy)
-    (copy / "packages" / "clock.nix").write_text('{ mkPkg }: mkPkg { name = "clock"; script = "date +%s%N > $out/time"; }\n')
+    clock = '{ mkPkg }: mkPkg { name = "clock"; script = "date +%s%N > $out/time"; }\n'
+    (copy / "packages" / "clock.nix").write_text(clock)
     return copy
 
 
@@ -33,12 +34,11 @@ def publish(nix: NixResource, settings: PublishSettings, attrs: list[str]):
     graph = nix.load_graph()
     keys = {attr: AssetKey(attr) for attr in graph}
     assets = publish_assets(graph, keys, settings)
-    defs = Definitions(assets=[nix_assets(graph), assets], resources={"nix": nix})
     with DagsterInstance.ephemeral() as instance:
         return materialize(
             [nix_assets(graph), assets], resources={"nix": nix}, instance=instance, raise_on_error=False,
             selection=[f"published/{a}" for a in attrs],
-        ), defs
+        )
 
 
 def test_published_packages_substitute_from_the_served_cache_and_the_gate_holds_back_the_rest(
@@ -52,7 +52,7 @@ def test_published_packages_substitute_from_the_served_cache_and_the_gate_holds_
     nix.build(["solo", "mid", "clock"]).wait()  # base comes with mid; top-level stays unbuilt
     with serve_directory(cache, tmp_path / "nginx") as url:
         settings = PublishSettings(cache_url=f"file://{cache}", secret_key_file=str(secret), cache_http_url=url)
-        result, _ = publish(nix, settings, ["solo", "mid", "clock", "top-level"])
+        result = publish(nix, settings, ["solo", "mid", "clock", "top-level"])
 
         assert not result.success  # clock and top-level could not be published
         published = {e.asset_key for e in result.get_asset_materialization_events()}
@@ -78,14 +78,14 @@ def test_published_packages_substitute_from_the_served_cache_and_the_gate_holds_
         assert not (cache / f"{Path(clock_out).name.split('-')[0]}.narinfo").exists()
 
         # Published again: nothing is uploaded twice.
-        again, _ = publish(nix, settings, ["solo"])
+        again = publish(nix, settings, ["solo"])
         assert again.success
         mat = again.get_asset_materialization_events()[0].materialization.metadata
         assert mat["paths_uploaded"].value == 0 and mat["paths_already_present"].value >= 1
 
         # Allowed explicitly, clock is published; its check still says it does not rebuild identically.
         allowed = PublishSettings(cache_url=f"file://{cache}", secret_key_file=str(secret), allow_nonreproducible=True)
-        forced, _ = publish(nix, allowed, ["clock"])
+        forced = publish(nix, allowed, ["clock"])
         assert forced.success
         assert [e.passed for e in forced.get_asset_check_evaluations() if e.check_name == "reproducible"] == [False]
         assert (cache / f"{Path(clock_out).name.split('-')[0]}.narinfo").exists()
@@ -95,7 +95,7 @@ def test_a_missing_signing_key_fails_the_publication_naming_the_file(tmp_path: P
     nix = NixResource(nix_dir=str(TINY), scope=None, nix_args={"salt": salt}, out_link_dir=str(tmp_path / "links"))
     nix.build(["solo"]).wait()
     settings = PublishSettings(cache_url=f"file://{tmp_path / 'cache'}", secret_key_file=str(tmp_path / "no-key"))
-    result, _ = publish(nix, settings, ["solo"])
+    result = publish(nix, settings, ["solo"])
     assert not result.success and not result.get_asset_materialization_events()
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert str(tmp_path / "no-key") in failure.event_specific_data.error.to_string()
