@@ -280,7 +280,9 @@ def test_an_unwritable_cache_fails_and_a_retry_after_the_fix_completes(
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / "nar").write_text("in the way\n")  # the cache's nar/ is not a directory: nothing can be written
-    with pytest.raises(CachePublishError, match="not a directory"):
+    with pytest.raises(
+        CachePublishError, match=rf"{cache}/nar"
+    ):  # 2.8: "is not a directory", 2.26: "creating directory"
         publish_closure(cli, top, f"file://{cache}", secret)
     (cache / "nar").unlink()
 
