@@ -150,8 +150,10 @@ class NixTranslation(Model, Resolvable):
 class NixPublish(Model, Resolvable):
     """Where to publish (:class:`~dagster_nix_builder.publish.PublishSettings`): ``published/<attr>`` assets."""
 
-    cache_url: str = Field(description="Binary cache `nix copy` writes to, e.g. file:///srv/nix-cache.")
-    secret_key_file: str = Field(description="Signing key, outside the repository.")
+    cache_url: str | None = Field(
+        default=None, description="Binary cache `nix copy` writes to, e.g. file:///srv/nix-cache; null: no publishing."
+    )
+    secret_key_file: str | None = Field(default=None, description="Signing key, outside the repository.")
     cache_http_url: str | None = Field(default=None, description="Where consumers substitute from.")
     index_repository_url: str | None = Field(default=None, description="Python package index upload URL.")
     index_url: str | None = Field(default=None, description="Its simple index (the installs check).")
@@ -348,10 +350,15 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
             # definitions a second time.
             executor=in_process_executor,
         )
-        if self.publish is not None:
+        if self.publish is not None and self.publish.cache_url:  # e.g. "{{ env.DNB_CACHE_URL }}", unset: off
+            if not self.publish.secret_key_file:
+                raise NixConfigError(
+                    f"publish.cache_url is {self.publish.cache_url!r} but publish.secret_key_file is not set: "
+                    "name the signing key (scripts/publish.sh makes one outside the repository)."
+                )
             translator = self.translator()
             keys = {attr: translator.get_asset_key(attr) for attr in graph if graph[attr].outputs}
-            settings = PublishSettings(**self.publish.model_dump())
+            settings = PublishSettings(**{**self.publish.model_dump(), "index_url": self.publish.index_url or None})
             packages = Definitions.merge(packages, Definitions(
                 assets=[publish_assets(graph, keys, settings, group_name="published")]))
         return packages if not self.include_update else Definitions.merge(

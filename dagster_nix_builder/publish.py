@@ -19,6 +19,7 @@ a retry after the fault is fixed completes it (uploads are skipped for what the 
 
 
 import os
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -215,16 +216,25 @@ def _repro_check(repro: Any, target: AssetKey) -> AssetCheckResult:
 
 
 def _substitution_check(cli: Any, url: str, paths: list[str], target: AssetKey, key: str) -> AssetCheckResult:
-    with tempfile.TemporaryDirectory(prefix="dnb-substitute-") as root:
-        try:
-            result = verify_substitution(cli, url, key, paths, root)
-        except NixBuilderError as error:
-            return AssetCheckResult(check_name=SUBSTITUTES, asset_key=target, passed=False, description=str(error))
+    root = Path(tempfile.mkdtemp(prefix="dnb-substitute-"))
+    try:
+        result = verify_substitution(cli, url, key, paths, root / "store")
+    except NixBuilderError as error:
+        return AssetCheckResult(check_name=SUBSTITUTES, asset_key=target, passed=False, description=str(error))
+    finally:
+        _remove_store(root)
     return AssetCheckResult(
         check_name=SUBSTITUTES, asset_key=target, passed=result.built_nothing,
         metadata={"substituted": MetadataValue.int(len(result.substituted)),
                   "seconds": MetadataValue.float(round(result.seconds, 3))},
     )  # fmt: skip
+
+
+def _remove_store(root: Path) -> None:
+    """Delete a throwaway store: Nix makes its paths read-only, so give the owner write access first."""
+    for directory, _, _ in os.walk(root):
+        os.chmod(directory, 0o755)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _install_check(

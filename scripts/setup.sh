@@ -19,6 +19,13 @@ fi
 if ((${#apt_packages[@]})); then
   echo "setup: installing ${apt_packages[*]} from Debian" >&2
   apt-get update -qq
+  # Installing nginx must not start (and enable) the system's nginx on port 80: the tests run their own
+  # instance on loopback. Where nothing forbids services to start (no policy-rc.d), forbid it for this install.
+  policy=/usr/sbin/policy-rc.d
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT  # also if the install fails
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_packages[@]}" >/dev/null
 fi
 
