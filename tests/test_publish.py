@@ -13,6 +13,7 @@ import pytest
 from conftest import TINY
 from dagster import AssetKey, DagsterInstance, materialize
 from test_binary_cache import NGINX, serve_directory
+from test_package_index import PASSWORD, USER, Index, index  # noqa: F401 - the index fixture
 
 from dagster_nix_builder import NixResource, nix_assets
 from dagster_nix_builder.binary_cache import generate_signing_key
@@ -104,13 +105,15 @@ def test_a_missing_signing_key_fails_the_publication_naming_the_file(tmp_path: P
 
 
 @pytest.mark.slow
-def test_scripts_publish_sh_builds_and_publishes_the_six(tmp_path: Path):
+def test_scripts_publish_sh_builds_and_publishes_the_six(tmp_path: Path, index: Index):  # noqa: F811
     """The README's publishing command on the repository's own six: built, checked, gated, signed, served,
-    substituted into an empty store; a provenance document per package; nginx gone afterwards."""
+    substituted into an empty store; the five wheels on a real index (pypiserver on loopback), installed from
+    it into fresh virtualenvs; a provenance document per package; nginx gone afterwards."""
     repo = Path(__file__).resolve().parent.parent
     state = tmp_path / "publish"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DNB_", "DAGSTER_"))}
-    env.update(DNB_PUBLISH_DIR=str(state), DAGSTER_HOME=str(tmp_path / "home"))
+    env.update(DNB_PUBLISH_DIR=str(state), DAGSTER_HOME=str(tmp_path / "home"), DNB_INDEX_UPLOAD_URL=index.url,
+               DNB_INDEX_URL=index.simple, DNB_INDEX_USER=USER, DNB_INDEX_PASSWORD=PASSWORD)
     (tmp_path / "home").mkdir()
     proc = subprocess.run([str(repo / "scripts" / "publish.sh")], cwd=repo, env=env, capture_output=True, text=True,
                           timeout=1800, check=False)
@@ -120,6 +123,9 @@ def test_scripts_publish_sh_builds_and_publishes_the_six(tmp_path: Path):
     for attr in six:
         for check in ("reproducible", "substitutes"):
             assert f"Asset check '{check}' on 'published/{attr}' passed" in log, (attr, check)
+    for attr in ("dagster", "dagster-graphql", "dagster-webserver"):  # the packages with executables
+        assert f"Asset check 'installs' on 'published/{attr}' passed" in log, attr
+    assert len(list(index.packages.glob("*.whl"))) == 5
     provenance = {p.name for p in (state / "cache" / "provenance").iterdir()}
     assert len(provenance) == 6 and all(any(p.startswith(f"{a}-1.") for p in provenance) for a in six)
     assert (state / "keys" / "secret").stat().st_mode & 0o077 == 0
