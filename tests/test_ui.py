@@ -141,10 +141,23 @@ def nix_graph():
 @pytest.fixture(scope="module")
 def dagster_dev(tmp_path_factory) -> Iterator[str]:
     """``dg dev`` in the repo root on a free port; yields its base URL once the location loaded."""
-    home = tmp_path_factory.mktemp("dagster_home")
+    yield from _dg_dev(tmp_path_factory.mktemp("dagster_home"), {})
+
+
+@pytest.fixture
+def dagster_dev_publishing(tmp_path: Path) -> Iterator[str]:
+    """``dg dev`` with publishing configured (``DNB_CACHE_URL`` set): the ``published/<package>`` assets."""
+    yield from _dg_dev(tmp_path / "home", {
+        "DNB_CACHE_URL": f"file://{tmp_path / 'cache'}", "DNB_SIGNING_KEY": str(tmp_path / "key"),
+        "DNB_CACHE_HTTP_URL": "http://127.0.0.1:9",
+    })
+
+
+def _dg_dev(home: Path, extra_env: dict[str, str]) -> Iterator[str]:
+    home.mkdir(parents=True, exist_ok=True)
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_IS_DEV_CLI"}
-    env.update(DAGSTER_HOME=str(home), NIX_CONFIG=NIX_CONFIG)
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_IS_DEV_CLI" and not k.startswith("DNB_")}
+    env.update(DAGSTER_HOME=str(home), NIX_CONFIG=NIX_CONFIG, **extra_env)
     log_path = home / "dg-dev.log"
     command = [str(Path(sys.executable).with_name("dg")), "dev", "-h", "127.0.0.1", "-p", str(port)]
     with log_path.open("wb") as log:
@@ -396,3 +409,26 @@ def test_asset_graph_in_the_ui(dagster_dev: str, nix_graph, chromium: Chromium) 
                 chromium.screenshot(SCREENSHOT.with_name("asset-checks-failed.png"))
                 raise AssertionError(f"{attr}: the checks {names_of_checks} are not listed; page: {text[-2000:]}")
             time.sleep(0.5)
+
+
+def test_publish_assets_and_their_checks_in_the_ui(dagster_dev_publishing: str, nix_graph, chromium: Chromium) -> None:
+    nodes = _graphql(dagster_dev_publishing, ASSET_NODES_QUERY)["assetNodes"]
+    checks = {
+        "/".join(n["assetKey"]["path"]): sorted(c["name"] for c in n["assetChecksOrError"].get("checks", []))
+        for n in nodes
+    }
+    for attr in nix_graph:
+        assert checks[f"published/{attr}"] == ["reproducible", "substitutes"], attr
+    deps = {"/".join(n["assetKey"]["path"]): ["/".join(d["path"]) for d in n["dependencyKeys"]] for n in nodes}
+    assert deps["published/dagster-webserver"] == ["dagster-webserver"]
+    chromium.call("Page.navigate", url=f"{dagster_dev_publishing}/assets/published/dagster-webserver?view=checks")
+    deadline = time.monotonic() + PAGE_TIMEOUT_S
+    while True:
+        chromium.evaluate(SKIP_DIALOG_JS)
+        text = chromium.evaluate("document.body ? document.body.innerText : ''") or ""
+        if "reproducible" in text and "substitutes" in text:
+            break
+        if time.monotonic() > deadline:
+            chromium.screenshot(SCREENSHOT.with_name("publish-checks-failed.png"))
+            raise AssertionError(f"the publish checks are not listed; page: {text[-2000:]}")
+        time.sleep(0.5)
