@@ -30,7 +30,8 @@ from pathlib import Path
 # pip vendors packaging, so the lock script needs nothing beyond pip itself.
 from pip._vendor.packaging.requirements import Requirement
 
-DAGSTER_PACKAGES = ("dagster", "dagster-shared", "dagster-pipes", "dagster-graphql", "dagster-webserver")
+DAGSTER_PACKAGES = ("dagster", "dagster-shared", "dagster-pipes", "dagster-graphql", "dagster-webserver", "dagster-dg-cli",
+                    "dagster-dg-core", "dagster-cloud-cli", "dagster-rest-resources", "dagster-postgres")
 BUILD_TOOLS = ("hatchling", "setuptools")
 VERSION_RE = re.compile(r"^[0-9][0-9A-Za-z.+!-]*$")
 PYTHONS = ("3.11", "3.12", "3.13", "3.14")

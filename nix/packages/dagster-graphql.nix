@@ -1,9 +1,12 @@
 { python3Packages, dagster-src, dagster, dagster-graphql, runCommand, python3, packageTests ? import ../package-tests.nix { inherit runCommand python3; } }:
-python3Packages.buildPythonPackage {
+python3Packages.buildPythonPackage rec {
   pname = "dagster-graphql";
-  inherit (dagster-src) version;
+  inherit (src) version;
   pyproject = true;
-  src = dagster-src.subdir "python_modules/dagster-graphql";
+  src = dagster-src.package {
+    path = "python_modules/dagster-graphql";
+    distribution = "dagster-graphql";
+  };
   build-system = [ python3Packages.hatchling ];
   dependencies = [ dagster ] ++ (with python3Packages; [
     gql

@@ -1,9 +1,12 @@
 { python3Packages, dagster-src, dagster-pipes, runCommand, python3, packageTests ? import ../package-tests.nix { inherit runCommand python3; } }:
-python3Packages.buildPythonPackage {
+python3Packages.buildPythonPackage rec {
   pname = "dagster-pipes";
-  inherit (dagster-src) version;
+  inherit (src) version;
   pyproject = true;
-  src = dagster-src.subdir "python_modules/dagster-pipes";
+  src = dagster-src.package {
+    path = "python_modules/dagster-pipes";
+    distribution = "dagster-pipes";
+  };
   build-system = [ python3Packages.hatchling ];
   passthru.executables = [ ];
   # Its Dagster asset checks, by name. The package takes itself (graph.nix drops the self edge) and the

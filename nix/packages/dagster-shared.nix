@@ -1,10 +1,13 @@
 { python3Packages, dagster-src, dagster-shared, runCommand, python3, packageTests ? import ../package-tests.nix { inherit runCommand python3; } }:
-python3Packages.buildPythonPackage {
+python3Packages.buildPythonPackage rec {
   pname = "dagster-shared";
-  inherit (dagster-src) version;
+  inherit (src) version;
   pyproject = true;
   # Not under python_modules/ like the others (problem 4 of the hand-run report).
-  src = dagster-src.subdir "python_modules/libraries/dagster-shared";
+  src = dagster-src.package {
+    path = "python_modules/libraries/dagster-shared";
+    distribution = "dagster-shared";
+  };
   build-system = [ python3Packages.hatchling ];
   # packaging and pyyaml were missing in the hand-run report (problem 1).
   dependencies = with python3Packages; [

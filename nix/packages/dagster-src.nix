@@ -1,6 +1,17 @@
 # Dagster's monorepo source tree, in the same layout whichever way it is obtained, so the package
-# expressions never change: from the five sdists of one pinned release, or from git at a rev.
-# Each package cuts its own directory out with `dagster-src.subdir` (a directory can't be a `src`).
+# expressions never change: from the sdists of one pinned release, or from git at a rev.
+#
+# Each package says what it is, in its own file and nowhere else: it takes its source with
+#
+#   src = dagster-src.package {
+#     path = "python_modules/libraries/dagster-postgres";  # where it lives in the monorepo
+#     distribution = "dagster-postgres";                    # its name on the package index
+#     versionScheme = "library";                            # 0.29.27 belongs to Dagster 1.13.27
+#   };
+#
+# nix/default.nix hands those declarations back here (`dagsterDeclarations`): the release tree holds the
+# sdist of each, the pins need a hash for each, the wheel lock (nix/bootstrap/lock.py), the update job and
+# the sensors read them. A package cuts its directory out of the tree (a directory can't be a `src`).
 #
 # Whatever nix/pins.json says, this evaluates: pins that cannot be built (git.rev not pinned yet, a
 # missing or malformed hash, an unknown source) give a derivation whose build fails with the reason.
@@ -12,19 +23,17 @@
   # Given by nix/default.nix; the defaults serve callers that only know callPackage (Flox).
 , dagsterPins ? builtins.fromJSON (builtins.readFile ../pins.json)
 , dagsterSource ? dagsterPins.source or null
+  # attr -> what its `dagster-src.package` call declared (nix/default.nix collects them).
+, dagsterDeclarations ? { }
 }:
 let
-  inherit (builtins) attrNames concatStringsSep filter isAttrs isList isString map match split substring toJSON;
+  inherit (builtins) attrNames attrValues concatStringsSep elem filter fromJSON head isAttrs isList isString
+    listToAttrs map match split substring toJSON;
 
-  # Where each Python package lives in github.com/dagster-io/dagster.
-  layout = {
-    dagster = "python_modules/dagster";
-    dagster-graphql = "python_modules/dagster-graphql";
-    dagster-pipes = "python_modules/dagster-pipes";
-    dagster-webserver = "python_modules/dagster-webserver";
-    dagster-shared = "python_modules/libraries/dagster-shared";
-  };
-  packages = attrNames layout;
+  # The distributions of the set, each once (two packages may not claim one distribution).
+  declared = attrValues dagsterDeclarations;
+  packages = map (d: d.distribution) declared;
+  fileOf = distribution: (head (filter (d: d.distribution == distribution) declared)).file;
 
   release = dagsterPins.release or null;
   git = dagsterPins.git or null;
@@ -49,7 +58,7 @@ let
       "nix/pins.json: release.version must be a version such as \"1.13.27\", not ${toJSON (release.version or null)}"
     else if !isAttrs hashes then "nix/pins.json: release.hashes must be an object of package -> SRI sha256 hash"
     else if missing != [ ] then
-      "nix/pins.json: release.hashes has no hash for ${concatStringsSep ", " missing} (all of ${concatStringsSep ", " packages} are needed); run the update job with `version: ${release.version}` to let Nix compute them"
+      "nix/pins.json: release.hashes has no hash for ${concatStringsSep ", " (map (p: "${p} (declared in ${fileOf p})") missing)}; let the update job pin it: dg launch --job update_dagster_src --config-json '{\"ops\": {\"update_pins\": {\"config\": {\"version\": \"${release.version}\"}}}}' (README, \"Adding a package\")"
     else if malformed != [ ] then
       "nix/pins.json: release.hashes.${builtins.head malformed} must be an SRI sha256 hash (sha256-<43 base64>=), not ${toJSON hashes.${builtins.head malformed}}"
     else null;
@@ -80,21 +89,38 @@ let
     exit 1
   '';
 
-  sdists = builtins.listToAttrs (map (name: {
-    inherit name;
+  # The sdist of each declared distribution at the version its scheme gives, as nixpkgs' fetchPypi names it.
+  sdists = listToAttrs (map (d: {
+    name = d.distribution;
     value = fetchPypi {
-      pname = builtins.replaceStrings [ "-" ] [ "_" ] name;
-      inherit (release) version;
-      hash = release.hashes.${name};
+      pname = builtins.replaceStrings [ "-" ] [ "_" ] d.distribution;
+      version = d.version;
+      hash = release.hashes.${d.distribution};
     };
-  }) packages);
+  }) declared);
 
-  fromRelease = runCommand "dagster-src-${nameSafe release.version}" { } (''
-    mkdir -p "$out"
-  '' + concatStringsSep "" (map (name: ''
-    mkdir -p "$out/${layout.${name}}"
-    tar -xzf ${sdists.${name}} -C "$out/${layout.${name}}" --strip-components=1
-  '') packages));
+  # The release tree is always this derivation, and its build script checks the pins: so this file's
+  # value does not depend on the packages' declarations, which depend on it (`package` below).
+  fromRelease = runCommand "dagster-src-${nameSafe (toString (release.version or "0"))}" { } (
+    if releaseProblem != null then ''
+      echo "error: ${releaseProblem}" >&2
+      exit 1
+    '' else ''
+      mkdir -p "$out"
+      # An sdist must be the distribution and version its package file declares (PKG-INFO says both).
+      check() {  # file, distribution, version, sdist's PKG-INFO
+        name=$(sed -n 's/^Name: *//p' "$4" | head -n 1 | tr 'A-Z_.' 'a-z--')
+        version=$(sed -n 's/^Version: *//p' "$4" | head -n 1)
+        if [ "$name" != "$2" ] || [ "$version" != "$3" ]; then
+          echo "error: $1 declares $2 $3, but its sdist is $name $version: fix the file's distribution or versionScheme" >&2
+          exit 1
+        fi
+      }
+    '' + concatStringsSep "" (map (d: ''
+      mkdir -p "$out/${d.path}"
+      tar -xzf ${sdists.${d.distribution}} -C "$out/${d.path}" --strip-components=1
+      check "${d.file}" "${d.distribution}" "${d.version}" "$out/${d.path}/PKG-INFO"
+    '') declared));
 
   # The name carries the rev: a rev edited without its hash is then a hash mismatch (Nix prints
   # specified/got), never the old tree reused under the new rev because only the hash names the output.
@@ -104,8 +130,8 @@ let
   };
 
   tree =
-    if problem != null then unusable
-    else if dagsterSource == "release" then fromRelease
+    if dagsterSource == "release" then fromRelease
+    else if problem != null then unusable
     else fromGit;
 
   pinnedVersion =
@@ -113,32 +139,79 @@ let
     else if dagsterSource == "git" then git.version or null
     else null;
   # The real version (what the source's version.py says; the update job writes it for git): the
-  # packages' version attribute, which the cli_version check expects the executables to print. Pins
+  # packages' version attribute, which the version check expects the executables to print. Pins
   # that cannot be built give a name-safe one: nothing is built from it, and every package still evaluates.
   version =
     if !isVersion pinnedVersion then "0"
-    else if problem != null then nameSafe pinnedVersion
+    else if dagsterSource == "git" && problem != null then nameSafe pinnedVersion
     else pinnedVersion;
 
+  # How a package's version relates to Dagster's: "dagster" (the same: dagster-graphql 1.13.27) or
+  # "library" (Dagster's libraries: 1.<minor>.<patch> -> 0.<minor + 16>.<patch>, dagster-postgres 0.29.27).
+  # From git every package is what master's version.py says (1!0+dev).
+  versionSchemes = [ "dagster" "library" ];
+  versionFor = file: scheme:
+    let parts = match "1\\.([0-9]+)\\.([0-9]+)(.*)" version; in
+    if !(elem scheme versionSchemes) then
+      throw "${file}: versionScheme must be one of ${concatStringsSep ", " (map toJSON versionSchemes)}, not ${toJSON scheme}"
+    else if scheme == "dagster" || dagsterSource != "release" then version
+    else if parts == null then
+      throw "${file}: versionScheme \"library\" derives 0.<minor + 16>.<patch> from a Dagster 1.x release, but the release is ${version}"
+    else "0.${toString (fromJSON (head parts) + 16)}.${builtins.elemAt parts 1}${builtins.elemAt parts 2}";
+
   # Cut one package's directory out of the tree. A wrong path (e.g. dagster-shared under
-  # python_modules/ instead of python_modules/libraries/) fails naming the closest existing one.
-  subdir = path: runCommand "${baseNameOf path}-source-${nameSafe version}" { } ''
+  # python_modules/ instead of python_modules/libraries/) fails naming the file and the closest
+  # existing directory; from git, the directory must hold the declared distribution.
+  cut = { path, file, distribution ? null }: runCommand "${baseNameOf path}-source-${nameSafe version}" { } ''
     if [ -d "${tree}/${path}" ]; then
+      ${if distribution == null || dagsterSource == "release" then "" else ''
+      found=$(sed -n 's/^name *= *"\([^"]*\)".*/\1/p' "${tree}/${path}/pyproject.toml" 2>/dev/null | head -n 1 | tr 'A-Z_.' 'a-z--')
+      if [ -n "$found" ] && [ "$found" != "${distribution}" ]; then
+        echo "error: ${file} declares distribution '${distribution}', but ${path}/pyproject.toml is '$found': fix the file's distribution" >&2
+        exit 1
+      fi
+      ''}
       cp -r "${tree}/${path}" "$out"
       exit 0
     fi
-    echo "error: dagster-src has no directory '${path}'." >&2
+    echo "error: ${file}: dagster-src has no directory '${path}'." >&2
     closest=$(cd "${tree}" && find . -maxdepth 4 -type d -name '${baseNameOf path}' | sed 's|^\./||' | head -n 1)
     if [ -n "$closest" ]; then
-      echo "       The closest existing directory is '$closest': use dagster-src.subdir \"$closest\"." >&2
+      echo "       The closest existing directory is '$closest': use path = \"$closest\"." >&2
     else
       echo "       Existing package directories:" $(cd "${tree}" && ls -d python_modules/* python_modules/libraries/* 2>/dev/null) >&2
     fi
     exit 1
   '';
+
+  subdir = path: cut { inherit path; file = "dagster-src.subdir"; };
+
+  # What a package expression calls for its source (see the top of this file). The result is the
+  # package's directory, with the declaration nix/default.nix collects and the derived `version`.
+  package = args@{ path, distribution, versionScheme ? "dagster" }:
+    let
+      pos = builtins.unsafeGetAttrPos "path" args;
+      file = if pos == null then "a package expression" else "nix/packages/${baseNameOf pos.file}";
+      normalized = builtins.replaceStrings [ "_" "." ] [ "-" "-" ] distribution;
+      declaration = {
+        inherit path file versionScheme;
+        distribution = normalized;
+        version = versionFor file versionScheme;
+      };
+    in
+    if !(isString path) || match "[A-Za-z0-9_./-]+" path == null || match "(.*/)?\\.\\.(/.*)?|/.*" path != null then
+      throw "${file}: path must be a relative directory of the monorepo such as \"python_modules/libraries/dagster-postgres\", not ${toJSON path}"
+    else if !(isString distribution) || match "[A-Za-z0-9][A-Za-z0-9._-]*" distribution == null then
+      throw "${file}: distribution must be a package-index name such as \"dagster-postgres\", not ${toJSON distribution}"
+    else cut { inherit path file; distribution = normalized; } // {
+      inherit (declaration) version;
+      dagsterPackage = declaration;
+    };
 in
 tree // {
-  inherit version subdir layout nameSafe;
+  inherit version subdir package nameSafe sdists versionFor;
+  # attr -> declaration, as the packages made them (the update job, the lock and the sensors read these).
+  declarations = dagsterDeclarations;
   sourceMode = dagsterSource;
   # Why the pins cannot be built (null when they can): also the failing build's message.
   pinsProblem = problem;

@@ -1,9 +1,12 @@
 { python3Packages, dagster-src, dagster, dagster-graphql, dagster-webserver, runCommand, python3, packageTests ? import ../package-tests.nix { inherit runCommand python3; } }:
-python3Packages.buildPythonPackage {
+python3Packages.buildPythonPackage rec {
   pname = "dagster-webserver";
-  inherit (dagster-src) version;
+  inherit (src) version;
   pyproject = true;
-  src = dagster-src.subdir "python_modules/dagster-webserver";
+  src = dagster-src.package {
+    path = "python_modules/dagster-webserver";
+    distribution = "dagster-webserver";
+  };
   build-system = [ python3Packages.hatchling ];
   dependencies = [ dagster dagster-graphql ] ++ (with python3Packages; [
     click

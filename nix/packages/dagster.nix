@@ -1,9 +1,12 @@
 { python3Packages, dagster-src, dagster-shared, dagster-pipes, dagster, runCommand, python3, packageTests ? import ../package-tests.nix { inherit runCommand python3; } }:
-python3Packages.buildPythonPackage {
+python3Packages.buildPythonPackage rec {
   pname = "dagster";
-  inherit (dagster-src) version;
+  inherit (src) version;
   pyproject = true;
-  src = dagster-src.subdir "python_modules/dagster";
+  src = dagster-src.package {
+    path = "python_modules/dagster";
+    distribution = "dagster";
+  };
   build-system = [ python3Packages.hatchling ];
   dependencies = [ dagster-shared dagster-pipes ] ++ (with python3Packages; [
     alembic
