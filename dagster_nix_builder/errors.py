@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Mapping, Sequence
 
@@ -108,3 +109,22 @@ class NixBuildError(NixCommandError):
 
 class NixConfigError(NixBuilderError):
     """The component's attributes in ``defs.yaml`` are wrong; the message names the file, the line and the key."""
+
+
+_MISSING_NAME = re.compile(r"(?:undefined variable '([^']+)'|attribute '([^']+)' missing)")
+
+
+def missing_name_hint(messages: Sequence[str]) -> str:
+    """What to do when an expression names something its scope lacks: most often a Python dependency the
+    bootstrap scope's wheel lock does not hold yet (its python3Packages are exactly the locked wheels)."""
+    for message in messages:
+        match = _MISSING_NAME.search(message)
+        if match:
+            name = match.group(1) or match.group(2)
+            return (
+                f"If '{name}' is a Python dependency: the bootstrap scope's python3Packages are the wheels "
+                "nix/bootstrap/wheels.json locks; regenerate the lock from the package set with "
+                "`/usr/bin/python3 nix/bootstrap/lock.py` (it locks every package's requirements from the index). "
+                f"If '{name}' is a package of the set: its file is nix/packages/{name}.nix."
+            )
+    return ""

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import processes
-from .errors import NixDependencyCycleError, NixEvalError, NixPackageSetError
+from .errors import NixDependencyCycleError, NixEvalError, NixPackageSetError, missing_name_hint
 from .log_format import error_messages
 from .nix_cli import NixCli, log_command
 
@@ -182,10 +182,11 @@ def graph_nix_path() -> str:
 def _eval_error(command: Sequence[str], proc: subprocess.CompletedProcess[str]) -> NixEvalError:
     errors = error_messages(proc.stderr)
     where = errors.where
+    hint = missing_name_hint(errors.messages)
     return NixEvalError(
         command,
         proc.returncode,
-        errors.messages,
+        [*errors.messages, *([hint] if hint else [])],
         file=where.file if where else None,
         line=where.line if where else None,
         column=where.column if where else None,

@@ -16,6 +16,9 @@
 , source ? pins.source
   # Interpreter of the bootstrap scope; its builders run as nixbld users and cannot read /root.
 , hostPython ? "/usr/bin/python3"
+  # false: evaluate the bootstrap scope without a wheel lock for this interpreter (nix/bootstrap/lock.py
+  # reads the package set's declarations to make that lock; nothing built from such a scope would work).
+, requireWheelLock ? true
 }:
 let
   inherit (builtins) attrNames filter foldl' functionArgs intersectAttrs listToAttrs match readDir;
@@ -27,7 +30,7 @@ let
     else throw "nix/default.nix: scope must be \"auto\", \"nixpkgs\" or \"bootstrap\", not \"${scope}\"";
 
   base =
-    if chosenScope == "bootstrap" then import ./bootstrap { inherit hostPython; }
+    if chosenScope == "bootstrap" then import ./bootstrap { inherit hostPython requireWheelLock; }
     else import ./nixpkgs-scope.nix {
       pkgs = if pkgs != null then pkgs
         else if nixpkgsOnPath.success then import nixpkgsOnPath.value { }

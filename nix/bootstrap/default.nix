@@ -6,6 +6,9 @@
 # Everything else (every third-party wheel, the build backends, the Dagster sources) is fetched into
 # the Nix store and verified by hash, so a package's runtime closure is in the store.
 { hostPython ? "/usr/bin/python3"
+  # false: a missing lock for this interpreter is an empty one (nix/bootstrap/lock.py, making it, reads the
+  # package set's declarations through this scope).
+, requireWheelLock ? true
   # "3.13": which lock of ./wheels.json to use; by default found out from hostPython itself.
 , hostPythonVersion ? null
 , locks ? builtins.fromJSON (builtins.readFile ./wheels.json)
@@ -32,7 +35,7 @@ let
     else throw "nix/bootstrap: cannot tell which Python ${hostPython} is (no single python3.N beside it has its contents); pass --argstr hostPythonVersion 3.N";
 
   target = "${pythonVersion}-${system}";
-  lock = locks.targets.${target} or (throw ''
+  lock = locks.targets.${target} or (if !requireWheelLock then { python = pythonVersion; wheels = { }; wheelhouse = ""; } else throw ''
     nix/bootstrap/wheels.json has no lock for Python ${pythonVersion} on ${system} (interpreter ${hostPython}); it locks ${concatStringsSep ", " (attrNames locks.targets)}.
            Add it: ${hostPython} nix/bootstrap/lock.py --dagster-version ${locks.dagster} --target ${target}'');
 
@@ -227,8 +230,41 @@ let
     inherit buildPythonPackage;
     python = python3;
   };
+
+  # The host's PostgreSQL from Debian's packages (as python3 borrows the host's interpreter): $out/bin
+  # links initdb, postgres, pg_ctl, psql, ... of /usr/lib/postgresql/<major>/bin, the newest major
+  # installed (Debian 12: 15, Debian 13: 17), found at evaluation so the major is in the name. Only
+  # tests use it (packageTests.postgres); without one the build fails saying how to install it.
+  postgresqlRoot = "/usr/lib/postgresql";
+  postgresqlMajors = builtins.sort (a: b: builtins.compareVersions a b > 0)
+    (filter (n: match "[0-9]+(\\.[0-9]+)?" n != null && pathExists "${postgresqlRoot}/${n}/bin/postgres")
+      (if pathExists postgresqlRoot then attrNames (readDir postgresqlRoot) else [ ]));
+  postgresql =
+    if postgresqlMajors == [ ] then
+      shellDerivation "postgresql-host-missing" ''
+        echo "error: the bootstrap scope's postgresql borrows the host's PostgreSQL from Debian, but ${postgresqlRoot}/<major>/bin/postgres was not found when this was evaluated: apt-get install postgresql (scripts/setup.sh does; it installs without starting the system's cluster)." >&2
+        exit 1
+      '' { }
+    else
+      let
+        major = head postgresqlMajors;
+        bin = "${postgresqlRoot}/${major}/bin";
+      in
+      shellDerivation "postgresql-host-${major}" ''
+        if [ ! -x ${bin}/postgres ] || [ ! -x ${bin}/initdb ]; then
+          echo "error: the bootstrap scope's postgresql borrows the host's PostgreSQL ${major} (${bin}), but this build cannot see ${bin}/postgres and initdb: it was uninstalled since evaluation (apt-get install postgresql), or Nix's sandbox hides it (declare --option extra-sandbox-paths '/usr /lib /lib64')." >&2
+          exit 1
+        fi
+        mkdir -p "$out/bin"
+        for program in ${bin}/*; do
+          ln -s "$program" "$out/bin/''${program##*/}"
+        done
+      '' { } // {
+        version = major;
+        pname = "postgresql";
+      };
 in
 {
-  inherit python3 python3Packages runCommand fetchgit fetchPypi;
+  inherit python3 python3Packages runCommand fetchgit fetchPypi postgresql;
   bootstrapWheelhouse = wheelhouse;
 }

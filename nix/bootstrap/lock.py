@@ -3,9 +3,14 @@
 lock per target (CPython version x Nix system), because the wheels chosen (cp313, manylinux aarch64...)
 and the dependencies (environment markers) depend on both:
 
-    /usr/bin/python3 nix/bootstrap/lock.py --dagster-version 1.13.27               # every target
-    /usr/bin/python3 nix/bootstrap/lock.py --dagster-version 1.13.27 --target 3.13-x86_64-linux
+    /usr/bin/python3 nix/bootstrap/lock.py                                         # every target
+    /usr/bin/python3 nix/bootstrap/lock.py --target 3.13-x86_64-linux
+    /usr/bin/python3 nix/bootstrap/lock.py --dagster-version 1.13.28               # another release
     /usr/bin/python3 nix/bootstrap/lock.py --dagster-version 1.13.28 --requirements reqs.txt   # a git checkout
+
+What is locked comes from the package set (nix/bootstrap/requirements.nix): each package's distribution at
+the version its expression's `dagster-src.package` declares, plus `passthru.requirements` of packages that
+are not on the index; so a new package file needs no edit here, only this command.
 
 pip resolves Dagster's runtime dependencies and the build backends for each target's wheel tags
 through the user's own pip configuration; the lock keeps for each wheel its file name, the sha256 the
@@ -30,8 +35,7 @@ from pathlib import Path
 # pip vendors packaging, so the lock script needs nothing beyond pip itself.
 from pip._vendor.packaging.requirements import Requirement
 
-DAGSTER_PACKAGES = ("dagster", "dagster-shared", "dagster-pipes", "dagster-graphql", "dagster-webserver", "dagster-dg-cli",
-                    "dagster-dg-core", "dagster-cloud-cli", "dagster-rest-resources", "dagster-postgres")
+REQUIREMENTS_NIX = Path(__file__).with_name("requirements.nix")
 BUILD_TOOLS = ("hatchling", "setuptools")
 VERSION_RE = re.compile(r"^[0-9][0-9A-Za-z.+!-]*$")
 PYTHONS = ("3.11", "3.12", "3.13", "3.14")
@@ -155,9 +159,26 @@ def nar_hash(path: Path) -> str:
     return result.stdout.strip()
 
 
-def lock_target(target: Target, roots: list[str], python: str, cache: Path) -> dict:
+def package_set_requirements(dagster_version: str | None) -> dict:
+    """The set's own distributions and what to lock for it, as nix/bootstrap/requirements.nix reads them
+    from the package expressions (evaluated with this interpreter; no wheel lock is needed for that)."""
+    command = ["nix-instantiate", "--eval", "--strict", "--json", str(REQUIREMENTS_NIX),
+               "--argstr", "hostPython", sys.executable]
+    if dagster_version is not None:
+        command += ["--argstr", "dagsterVersion", dagster_version]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        sys.exit("lock.py: nix-instantiate not found: install Nix (apt-get install -y nix-bin)")
+    if result.returncode != 0:
+        sys.exit(f"lock.py: reading the package set's requirements failed ({' '.join(command)}):\n"
+                 f"{result.stderr.strip()[-3000:]}")
+    return json.loads(result.stdout)
+
+
+def lock_target(target: Target, roots: list[str], own: set[str], python: str, cache: Path) -> dict:
     roots = roots + list(BUILD_TOOLS)
-    items = {n: i for n, i in closure_for(target, roots, python).items() if n not in DAGSTER_PACKAGES}
+    items = {n: i for n, i in closure_for(target, roots, python).items() if n not in own}
     files = {n: i["download_info"]["url"].rsplit("/", 1)[-1] for n, i in items.items()}
     # Fetch, hash-checked by pip, what the cache lacks (pure wheels are shared between targets).
     wanted = [n for n in items if not (cache / files[n]).exists()]
@@ -201,7 +222,8 @@ def lock_target(target: Target, roots: list[str], python: str, cache: Path) -> d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dagster-version", required=True)
+    parser.add_argument("--dagster-version",
+                        help="the Dagster release to lock (default: nix/pins.json's release.version)")
     parser.add_argument("--target", action="append", default=[],
                         help="<python>-<system> to (re)lock, repeatable (default: all of "
                              f"{', '.join(p + '-' + s for p in PYTHONS for s in SYSTEMS)})")
@@ -211,11 +233,14 @@ def main() -> None:
     parser.add_argument("--python", default=sys.executable, help="interpreter whose pip resolves (default: this one)")
     parser.add_argument("--output", default=str(Path(__file__).with_name("wheels.json")))
     args = parser.parse_args()
-    if not VERSION_RE.match(args.dagster_version):
+    if args.dagster_version is not None and not VERSION_RE.match(args.dagster_version):
         sys.exit(f"lock.py: {args.dagster_version!r} is not a version")
     targets = [Target(k) for k in (args.target or [f"{p}-{s}" for p in PYTHONS for s in SYSTEMS])]
+    package_set = package_set_requirements(args.dagster_version)
+    args.dagster_version = package_set["version"]
+    own = {normalize(name) for name in package_set["own"]}
     if args.requirements is None:
-        roots = [f"{name}=={args.dagster_version}" for name in DAGSTER_PACKAGES]
+        roots = package_set["requirements"]
     else:
         try:
             lines = args.requirements.read_text().splitlines()
@@ -232,7 +257,7 @@ def main() -> None:
               f"add them back with --target", file=sys.stderr)
     with tempfile.TemporaryDirectory() as workdir:
         cache = Path(workdir)
-        locked = {t.key: lock_target(t, roots, args.python, cache) for t in targets}
+        locked = {t.key: lock_target(t, roots, own, args.python, cache) for t in targets}
     lock = {
         "comment": "Generated by nix/bootstrap/lock.py; do not edit by hand.",
         "dagster": args.dagster_version,

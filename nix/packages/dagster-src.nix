@@ -4,8 +4,8 @@
 # Each package says what it is, in its own file and nowhere else: it takes its source with
 #
 #   src = dagster-src.package {
-#     path = "python_modules/libraries/dagster-postgres";  # where it lives in the monorepo
-#     distribution = "dagster-postgres";                    # its name on the package index
+#     path = "python_modules/libraries/dagster-k8s";        # where it lives in the monorepo
+#     distribution = "dagster-k8s";                         # its name on the package index
 #     versionScheme = "library";                            # 0.29.27 belongs to Dagster 1.13.27
 #   };
 #
@@ -30,8 +30,8 @@ let
   inherit (builtins) attrNames attrValues concatStringsSep elem filter fromJSON head isAttrs isList isString
     listToAttrs map match split substring toJSON;
 
-  # The distributions of the set, each once (two packages may not claim one distribution).
-  declared = attrValues dagsterDeclarations;
+  # The distributions of the set; a bad declaration fails its own package only (see `package`).
+  declared = filter (d: d.problem == null) (attrValues dagsterDeclarations);
   packages = map (d: d.distribution) declared;
   fileOf = distribution: (head (filter (d: d.distribution == distribution) declared)).file;
 
@@ -150,14 +150,16 @@ let
   # "library" (Dagster's libraries: 1.<minor>.<patch> -> 0.<minor + 16>.<patch>, dagster-postgres 0.29.27).
   # From git every package is what master's version.py says (1!0+dev).
   versionSchemes = [ "dagster" "library" ];
-  versionFor = file: scheme:
-    let parts = match "1\\.([0-9]+)\\.([0-9]+)(.*)" version; in
+  libraryParts = match "1\\.([0-9]+)\\.([0-9]+)(.*)" version;
+  schemeProblem = file: scheme:
     if !(elem scheme versionSchemes) then
-      throw "${file}: versionScheme must be one of ${concatStringsSep ", " (map toJSON versionSchemes)}, not ${toJSON scheme}"
-    else if scheme == "dagster" || dagsterSource != "release" then version
-    else if parts == null then
-      throw "${file}: versionScheme \"library\" derives 0.<minor + 16>.<patch> from a Dagster 1.x release, but the release is ${version}"
-    else "0.${toString (fromJSON (head parts) + 16)}.${builtins.elemAt parts 1}${builtins.elemAt parts 2}";
+      "${file}: versionScheme must be one of ${concatStringsSep ", " (map toJSON versionSchemes)}, not ${toJSON scheme}"
+    else if scheme == "library" && dagsterSource == "release" && libraryParts == null then
+      "${file}: versionScheme \"library\" derives 0.<minor + 16>.<patch> from a Dagster 1.x release, but the release is ${version}"
+    else null;
+  versionFor = scheme:
+    if scheme != "library" || dagsterSource != "release" then version
+    else "0.${toString (fromJSON (head libraryParts) + 16)}.${builtins.elemAt libraryParts 1}${builtins.elemAt libraryParts 2}";
 
   # Cut one package's directory out of the tree. A wrong path (e.g. dagster-shared under
   # python_modules/ instead of python_modules/libraries/) fails naming the file and the closest
@@ -187,23 +189,32 @@ let
   subdir = path: cut { inherit path; file = "dagster-src.subdir"; };
 
   # What a package expression calls for its source (see the top of this file). The result is the
-  # package's directory, with the declaration nix/default.nix collects and the derived `version`.
+  # package's directory, with the declaration nix/default.nix collects and the derived `version`. A bad
+  # declaration does not stop the set: that package's source fails to build with the reason, naming its file.
   package = args@{ path, distribution, versionScheme ? "dagster" }:
     let
       pos = builtins.unsafeGetAttrPos "path" args;
       file = if pos == null then "a package expression" else "nix/packages/${baseNameOf pos.file}";
-      normalized = builtins.replaceStrings [ "_" "." ] [ "-" "-" ] distribution;
+      normalized = builtins.replaceStrings [ "_" "." ] [ "-" "-" ] (toString distribution);
+      problem =
+        if !(isString path) || match "[A-Za-z0-9_./-]+" path == null || match "(.*/)?\\.\\.(/.*)?|/.*" path != null then
+          "${file}: path must be a relative directory of the monorepo such as \"python_modules/libraries/dagster-k8s\", not ${toJSON path}"
+        else if !(isString distribution) || match "[A-Za-z0-9][A-Za-z0-9._-]*" distribution == null then
+          "${file}: distribution must be a package-index name such as \"dagster-k8s\", not ${toJSON distribution}"
+        else schemeProblem file versionScheme;
       declaration = {
-        inherit path file versionScheme;
+        inherit path file versionScheme problem;
         distribution = normalized;
-        version = versionFor file versionScheme;
+        version = if problem == null then versionFor versionScheme else "0";
       };
+      source =
+        if problem == null then cut { inherit path file; distribution = normalized; }
+        else runCommand "bad-declaration-source" { reason = problem; } ''
+          echo "error: $reason" >&2
+          exit 1
+        '';
     in
-    if !(isString path) || match "[A-Za-z0-9_./-]+" path == null || match "(.*/)?\\.\\.(/.*)?|/.*" path != null then
-      throw "${file}: path must be a relative directory of the monorepo such as \"python_modules/libraries/dagster-postgres\", not ${toJSON path}"
-    else if !(isString distribution) || match "[A-Za-z0-9][A-Za-z0-9._-]*" distribution == null then
-      throw "${file}: distribution must be a package-index name such as \"dagster-postgres\", not ${toJSON distribution}"
-    else cut { inherit path file; distribution = normalized; } // {
+    source // {
       inherit (declaration) version;
       dagsterPackage = declaration;
     };
