@@ -63,7 +63,7 @@ let
     dagsterPins = pins;
     dagsterSource = source;
     dagsterDeclarations = declarations;
-    packageTests = import ./package-tests.nix { inherit (base) runCommand python3; };
+    packageTests = import ./package-tests.nix { inherit (base) runCommand python3 postgresql; };
   };
   callPackage = file:
     let fn = import file;

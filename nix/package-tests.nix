@@ -17,7 +17,9 @@
 #
 # This file lies at the top of nix/ (not in a folder) because Flox's layout copies the package set's
 # top-level files beside .flox/pkgs/: the package expressions default to `import ../package-tests.nix`.
-{ runCommand, python3 }:
+# `postgresql` (a package with bin/initdb, postgres, psql) serves packageTests.postgres only; without it that
+# test's build fails saying so.
+{ runCommand, python3, postgresql ? null }:
 let
   inherit (builtins) all attrNames concatStringsSep elem filter isList isString length match toJSON;
 
@@ -352,7 +354,267 @@ let
     finish([f"/server_info HTTP 200 {json.dumps(info, sort_keys=True)}", "/ HTTP 200 the UI's HTML"])
   '';
 
+  postgresScript = prelude + ''
+    import re, signal, socket, subprocess, tempfile, time
+
+    PG_BIN = os.path.join(os.environ["postgresql"], "bin")
+    DATABASE = os.environ["database"]
+    SCHEME = os.environ["scheme"]
+    ASSET = "nix_postgres_check"
+    TIMEOUT = float(os.environ["startTimeout"])
+
+
+    def stop(signum, frame):
+        raise SystemExit(f"stopped by signal {signum}")
+
+
+    # Nix stops a build with SIGTERM/SIGINT (timeout, Ctrl-C): the `finally` below still stops PostgreSQL.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, stop)
+
+    if os.environ["postgresql"] == "":
+        fail("no PostgreSQL to test against: package-tests.nix was imported without `postgresql` "
+             "(import ../package-tests.nix { inherit runCommand python3 postgresql; }, or pass "
+             "packageTests.postgres { postgresql = ...; }); in nixpkgs it is pkgs.postgresql, in the bootstrap "
+             "scope the host's Debian PostgreSQL (apt-get install postgresql)")
+    missing = [p for p in ("initdb", "postgres", "psql") if not os.access(os.path.join(PG_BIN, p), os.X_OK)]
+    if missing:
+        fail(f"{PG_BIN} has no runnable {', '.join(missing)}: the postgresql input is not a PostgreSQL server "
+             "(bootstrap scope: apt-get install postgresql; with Nix's sandbox on, declare "
+             "--option extra-sandbox-paths '/usr /lib /lib64')")
+    if os.geteuid() == 0:
+        fail("the build runs as root, and PostgreSQL refuses to: build with Nix's build users (nixbld)")
+
+    work = tempfile.mkdtemp(prefix="postgres-test-")
+    data, home = os.path.join(work, "pgdata"), os.path.join(work, "dagster_home")
+    os.mkdir(home)
+    paths = closure(PACKAGE)
+    sites = site_dirs(paths)
+    python = next((f"{p}/bin/python3" for p in paths if os.access(f"{p}/bin/python3", os.X_OK)), sys.executable)
+    base_env = {"HOME": work, "TMPDIR": work, "PATH": os.environ.get("PATH", ""), "LC_ALL": "C",
+                "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+    class Problem(Exception):
+        pass
+
+
+    def run(argv, what, env=None, timeout=600, echo=True):
+        proc = subprocess.run(argv, cwd=work, env=env or base_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, errors="replace", timeout=timeout)
+        for line in proc.stdout.strip().splitlines()[-40:] if echo else []:
+            print(f"  | {line}", flush=True)
+        if proc.returncode != 0:
+            raise Problem(f"{what} exited {proc.returncode}: {proc.stdout.strip()[-1500:]}")
+        return proc.stdout
+
+
+    def run_python(code, what):
+        """The code with only the package's closure on sys.path (as the installed programs run: -I -S -B,
+        site.addsitedir, PYTHONPATH for children), DAGSTER_HOME set; its last stdout line is JSON."""
+        script = os.path.join(work, f"{what.split()[0]}.py")
+        with open(script, "w") as f:
+            f.write("import json, os, site, sys\n"
+                    f"SITES = {sites!r}\n"
+                    "for d in SITES:\n    site.addsitedir(d)\n"
+                    "os.environ['PYTHONPATH'] = os.pathsep.join(SITES)\n" + code)
+        env = {**base_env, "DAGSTER_HOME": home}
+        try:
+            out = run([python, "-I", "-S", "-B", script], what, env=env)
+        except Problem as exc:
+            missing = re.findall(r"No module named '([^']+)'", str(exc))
+            if "psycopg" in missing:
+                raise Problem(f"{exc}\nHint: the scheme {SCHEME}:// made SQLAlchemy load psycopg (3), its default "
+                              "PostgreSQL driver since SQLAlchemy 2.1, which is not in the package's closure "
+                              "(dagster-postgres requires psycopg2-binary): use postgresql+psycopg2 (postgres_db.scheme), "
+                              "or add python3Packages.psycopg to the package's dependencies")
+            if missing:
+                raise Problem(f"{exc}\nHint: module '{missing[0]}' is not in the closure of "
+                              f"{os.path.basename(PACKAGE)}; the instance's storage needs it")
+            raise
+        try:
+            return json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise Problem(f"{what} printed no result: {out.strip()[-1500:]}")
+
+
+    def psql(sql, database=DATABASE):
+        return run([os.path.join(PG_BIN, "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                    "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-d", database, "-c", sql],
+                   f"psql -c {sql!r}", timeout=120, echo=False).strip()
+
+
+    def reap():
+        """Collect every exited child: postgres, and its backends should they outlive it (below)."""
+        while True:
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    return
+            except ChildProcessError:
+                return
+
+
+    def group_gone(pgid, grace):
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            reap()
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return True
+            time.sleep(0.1)
+        return False
+
+
+    def stop_postgres(server):
+        """Fast shutdown (SIGINT: the postmaster ends its backends and checkpoints), immediate (SIGQUIT)
+        after 30 s, SIGKILL to its process group after 10 more; returns when none of them is left."""
+        for signum, grace in ((signal.SIGINT, 30.0), (signal.SIGQUIT, 10.0), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(server.pid, signum)
+            except ProcessLookupError:
+                break
+            if group_gone(server.pid, grace):
+                break
+        say("postgres stopped")
+
+
+    # Orphaned backends would become our children, reaped here, not zombies of its process group (Linux).
+    try:
+        import ctypes
+        ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
+
+
+    problem, server, lines = None, None, []
+    log_path = os.path.join(work, "postgres.log")
+    try:
+        version = run([os.path.join(PG_BIN, "postgres"), "--version"], "postgres --version").strip()
+        say(f"initdb (trust authentication, superuser postgres) with {os.path.realpath(os.path.join(PG_BIN, 'initdb'))}: {version}")
+        run([os.path.join(PG_BIN, "initdb"), "-D", data, "-A", "trust", "-U", "postgres", "-E", "UTF8",
+             "--no-locale", "--no-sync"], "initdb")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        say(f"starting postgres on 127.0.0.1 only (a free port; its unix socket in the build's temporary "
+            f"directory); expecting it to accept connections within {TIMEOUT:g} s")
+        with open(log_path, "wb") as log:
+            server = subprocess.Popen(
+                [os.path.join(PG_BIN, "postgres"), "-D", data, "-p", str(port), "-c", "listen_addresses=127.0.0.1",
+                 "-c", f"unix_socket_directories={work}", "-c", "fsync=off", "-c", "logging_collector=off"],
+                cwd=work, env=base_env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        started = time.monotonic()
+        while True:
+            if server.poll() is not None:
+                raise Problem(f"postgres exited (status {server.returncode}) before accepting connections")
+            if time.monotonic() - started > TIMEOUT:
+                raise Problem(f"postgres did not accept connections within {TIMEOUT:g} s")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=2):
+                    pass
+                psql("SELECT 1", database="postgres")
+                break
+            except (OSError, Problem):
+                time.sleep(0.25)
+        say(f"postgres accepts connections; creating database {DATABASE}")
+        psql(f'CREATE DATABASE "{DATABASE}"', database="postgres")
+        major = int(psql("SHOW server_version_num", database="postgres")) // 10000
+        with open(os.path.join(home, "dagster.yaml"), "w") as f:
+            f.write("storage:\n  postgres:\n    postgres_db:\n      hostname: 127.0.0.1\n"
+                    f"      port: {port}\n      username: postgres\n      db_name: {json.dumps(DATABASE)}\n"
+                    f"      scheme: {json.dumps(SCHEME)}\n"
+                    "telemetry:\n  enabled: false\n")
+        say(f"dagster.yaml: storage postgres_db (127.0.0.1, the port, user postgres, database {DATABASE}, "
+            f"no password, scheme {SCHEME})")
+
+        say(f"process 1: the Nix-built dagster CLI (dagster._cli.main, as bin/dagster runs it) `dagster instance "
+            f"migrate` with {python} -I -S -B and only the closure of {os.path.basename(PACKAGE)} "
+            f"({len(paths)} store paths, {len(sites)} site-packages) on sys.path")
+        migrated = run_python(
+            "sys.argv = ['dagster', 'instance', 'migrate']\n"
+            "from dagster._cli import main\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n"
+            "    if exc.code not in (None, 0):\n        raise\n"
+            "import dagster\n"
+            "from dagster import DagsterInstance\n"
+            "instance = DagsterInstance.get()\n"
+            "print(json.dumps({'dagster': os.path.realpath(dagster.__file__),\n"
+            "    'storage': [type(s).__module__ + '.' + type(s).__name__ for s in\n"
+            "                (instance.run_storage, instance.event_log_storage, instance.schedule_storage)]}))\n",
+            "migrate (dagster instance migrate)")
+        if not migrated["dagster"].startswith("/nix/store/"):
+            raise Problem(f"dagster was imported from {migrated['dagster']}, outside the Nix store")
+        say(f"dagster from {migrated['dagster']}; storages {', '.join(migrated['storage'])}")
+        if not all(s.startswith("dagster_postgres.") for s in migrated["storage"]):
+            raise Problem(f"the instance does not use dagster-postgres' storages: {migrated['storage']}")
+        tables = psql("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename").split()
+        revision = psql("SELECT string_agg(version_num, ',' ORDER BY version_num) FROM alembic_version")
+        say(f"migrated: database {DATABASE} has tables {', '.join(tables)}; alembic revision {revision}")
+        for needed in ("runs", "event_logs", "alembic_version"):
+            if needed not in tables:
+                raise Problem(f"after `dagster instance migrate` the database has no table {needed} (tables: {tables})")
+
+        say(f"process 2: materialize([{ASSET}], instance=DagsterInstance.get())")
+        materialized = run_python(
+            "from dagster import DagsterInstance, asset, materialize\n"
+            f"@asset\ndef {ASSET}():\n    return 42\n"
+            f"result = materialize([{ASSET}], instance=DagsterInstance.get())\n"
+            "print(json.dumps({'run_id': result.run_id, 'success': result.success}))\n",
+            "materialize")
+        if not materialized["success"]:
+            raise Problem(f"materialize reported failure (run {materialized['run_id']})")
+        say(f"materialized: run {materialized['run_id']} succeeded")
+
+        say("process 3: reading the run and the materialization back from the instance")
+        read = run_python(
+            "from dagster import AssetKey, DagsterInstance\n"
+            "instance = DagsterInstance.get()\n"
+            f"run_id = {materialized['run_id']!r}\n"
+            "run = instance.get_run_by_id(run_id)\n"
+            f"event = instance.get_latest_materialization_event(AssetKey({ASSET!r}))\n"
+            "print(json.dumps({'run': run.status.value if run else None,\n"
+            "    'runs': len(instance.get_runs()),\n"
+            "    'event_run': event.run_id if event else None,\n"
+            "    'event_type': event.dagster_event.event_type_value if event and event.dagster_event else None}))\n",
+            "read back")
+        say(f"read back: run status {read['run']}, {read['runs']} run(s) in the instance, latest materialization of "
+            f"{ASSET} from run {read['event_run']} ({read['event_type']})")
+        if read["run"] != "SUCCESS" or read["event_run"] != materialized["run_id"]:
+            raise Problem(f"the instance does not hold the run and its materialization: {read}")
+        runs = psql(f"SELECT count(*) FROM runs WHERE run_id = '{materialized['run_id']}'")
+        events = psql(f"SELECT count(*) FROM event_logs WHERE run_id = '{materialized['run_id']}' "
+                      f"AND dagster_event_type = 'ASSET_MATERIALIZATION'")
+        say(f"psql: runs has {runs} row(s) of the run; event_logs has {events} ASSET_MATERIALIZATION row(s) of it")
+        if runs != "1" or events != "1":
+            raise Problem(f"the database's tables do not hold the run (runs: {runs}) and its materialization "
+                          f"(event_logs: {events})")
+        lines = [f"PostgreSQL {major} on 127.0.0.1, database {DATABASE}, scheme {SCHEME}, trust authentication",
+                 f"dagster instance migrate: storages {', '.join(migrated['storage'])}",
+                 f"tables {' '.join(tables)}", f"alembic revision {revision}",
+                 f"materialize {ASSET}: run SUCCESS; read back: run SUCCESS, its ASSET_MATERIALIZATION",
+                 "psql: runs 1 row, event_logs 1 ASSET_MATERIALIZATION row of the run"]
+    except Problem as exc:
+        problem = str(exc)
+    except subprocess.TimeoutExpired as exc:
+        problem = f"{exc.cmd[0]} did not finish within {exc.timeout:g} s"
+    finally:
+        if server is not None:
+            stop_postgres(server)
+    if problem:
+        if os.path.exists(log_path):
+            with open(log_path, errors="replace") as f:
+                tail = f.read()[-3000:]
+            print("postgres log (tail):", file=sys.stderr)
+            for line in tail.splitlines():
+                print(f"  | {line}", file=sys.stderr)
+        fail(problem)
+    finish(lines)
+  '';
+
   list = xs: concatStringsSep ", " xs;
+  defaultPostgresql = postgresql;
 in
 {
   # Every module imports in a clean interpreter given only the package's closure, each from /nix/store.
@@ -420,5 +682,26 @@ in
         startTimeout = toString timeout;
       };
       script = webserverScript;
+    };
+
+  # dagster-postgres against a real PostgreSQL on loopback: initdb in the build's temporary directory,
+  # postgres on 127.0.0.1 (a free port), the Nix-built dagster CLI migrates an instance stored there, a
+  # second process materializes an asset into it and a third reads the run and the event back; postgres is
+  # always stopped before the build ends. `postgresql` defaults to the one this file was imported with.
+  # `scheme` is postgres_db.scheme: the default postgresql+psycopg2 names the driver dagster-postgres
+  # requires (psycopg2-binary); a plain "postgresql" makes SQLAlchemy >= 2.1 load psycopg 3 instead.
+  postgres = { package, postgresql ? defaultPostgresql, database ? "dagster_nix_test"
+             , scheme ? "postgresql+psycopg2", timeout ? 60 }:
+    mkTest {
+      inherit package;
+      test = "postgres";
+      description = "The Nix-built dagster CLI migrates a Dagster instance stored in a real PostgreSQL on "
+        + "127.0.0.1, and a run materializing an asset into it is read back from a second process.";
+      env = {
+        postgresql = if postgresql == null then "" else "${postgresql}";
+        inherit database scheme;
+        startTimeout = toString timeout;
+      };
+      script = postgresScript;
     };
 }

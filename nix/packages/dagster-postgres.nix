@@ -1,4 +1,8 @@
-{ python3Packages, dagster-src, dagster, dagster-postgres, runCommand, python3, packageTests ? import ../package-tests.nix { inherit runCommand python3; } }:
+{ python3Packages, dagster-src, dagster, dagster-postgres, runCommand, python3
+  # Only for its postgres test (a real PostgreSQL on loopback); nixpkgs' pkgs.postgresql under callPackage.
+, postgresql ? null
+, packageTests ? import ../package-tests.nix { inherit runCommand python3 postgresql; }
+}:
 python3Packages.buildPythonPackage rec {
   pname = "dagster-postgres";
   inherit (src) version;
@@ -16,6 +20,7 @@ python3Packages.buildPythonPackage rec {
   passthru.executables = [ ];
   passthru.tests = {
     imports = packageTests.imports { package = dagster-postgres; };
+    postgres = packageTests.postgres { package = dagster-postgres; };
   };
   pythonImportsCheck = [ "dagster_postgres" ];
 }
