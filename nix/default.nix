@@ -50,19 +50,11 @@ let
   packageNames = map validName
     (filter (file: entries.${file} == "regular" && match ".*\\.nix" file != null) (attrNames entries));
 
-  # What each package's `dagster-src.package { ... }` declared (its monorepo path, distribution and version
-  # scheme): the one place that says what a package is. dagster-src builds its tree from them.
-  declarations = listToAttrs (builtins.concatMap (name:
-    let src = packages.${name}.src or null; in
-    if builtins.isAttrs src && src ? dagsterPackage then [ { inherit name; value = src.dagsterPackage; } ] else [ ])
-    packageNames);
-
   # The expressions see the scope, each other, the source pins and the test helpers of their
   # passthru.tests (under names nixpkgs does not use).
   context = base // packages // {
     dagsterPins = pins;
     dagsterSource = source;
-    dagsterDeclarations = declarations;
     packageTests = import ./package-tests.nix { inherit (base) runCommand python3 postgresql; };
   };
   callPackage = file:

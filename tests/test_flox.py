@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from repo_packages import PACKAGES
 
 from dagster_nix_builder import NixResource
 from dagster_nix_builder.flox import (
@@ -31,7 +32,6 @@ from dagster_nix_builder.flox import (
 from dagster_nix_builder.nix_settings import bootstrap_nix_config
 
 REPO_NIX = Path(__file__).resolve().parent.parent / "nix"
-SIX = ["dagster", "dagster-graphql", "dagster-pipes", "dagster-shared", "dagster-src", "dagster-webserver"]
 NIX_ENV = {**os.environ, "NIX_CONFIG": bootstrap_nix_config(), "NIX_PATH": ""}
 needs_nix = pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="nix is not installed")
 needs_flox = pytest.mark.skipif(shutil.which("flox") is None, reason=FLOX_NOT_INSTALLED)
@@ -100,8 +100,8 @@ def test_layout_of_the_repo_package_set(tmp_path: Path) -> None:
     project = tmp_path / "project"
     layout = prepare_layout(REPO_NIX, project)
     assert isinstance(layout, FloxLayout)
-    assert sorted(layout.packages) == SIX
-    for name in SIX:
+    assert sorted(layout.packages) == list(PACKAGES)
+    for name in PACKAGES:
         copied = project / ".flox" / "pkgs" / f"{name}.nix"
         assert copied.is_file() and not copied.is_symlink()
         assert copied.read_bytes() == (REPO_NIX / "packages" / f"{name}.nix").read_bytes()
@@ -112,7 +112,7 @@ def test_layout_of_the_repo_package_set(tmp_path: Path) -> None:
     tracked = subprocess.run(
         ["git", "-C", str(project), "ls-files", ".flox"], capture_output=True, text=True, check=True
     ).stdout.split()
-    assert sorted(tracked) == sorted([".flox/pins.json", *(f".flox/pkgs/{n}.nix" for n in SIX)] + [
+    assert sorted(tracked) == sorted([".flox/pins.json", *(f".flox/pkgs/{n}.nix" for n in PACKAGES)] + [
         f".flox/{p.name}" for p in REPO_NIX.iterdir() if p.is_file() and p.name not in {"default.nix", "pins.json"}
     ])
     assert layout.result_link("dagster") == project / "result-dagster"
@@ -177,8 +177,8 @@ def test_flox_layout_gives_the_nix_backends_derivations(tmp_path: Path) -> None:
         ).stdout
     )
     graph = NixResource(nix_dir=str(REPO_NIX), scope="bootstrap").load_graph()
-    assert sorted(flox_like) == SIX
-    assert flox_like == {attr: graph[attr].drv_path for attr in SIX}
+    assert sorted(flox_like) == list(PACKAGES)
+    assert flox_like == {attr: graph[attr].drv_path for attr in PACKAGES}
 
 
 # ---- the real thing ----------------------------------------------------------------------------------

@@ -9,8 +9,8 @@
 #     versionScheme = "library";                            # 0.29.27 belongs to Dagster 1.13.27
 #   };
 #
-# nix/default.nix hands those declarations back here (`dagsterDeclarations`): the release tree holds the
-# sdist of each, the pins need a hash for each, the wheel lock (nix/bootstrap/lock.py), the update job and
+# This file reads those declarations from the package files beside it (`readDeclarations`): the release
+# tree holds the sdist of each, the pins need a hash for each, the wheel lock (nix/bootstrap/lock.py), the update job and
 # the sensors read them. A package cuts its directory out of the tree (a directory can't be a `src`).
 #
 # Whatever nix/pins.json says, this evaluates: pins that cannot be built (git.rev not pinned yet, a
@@ -23,15 +23,15 @@
   # Given by nix/default.nix; the defaults serve callers that only know callPackage (Flox).
 , dagsterPins ? builtins.fromJSON (builtins.readFile ../pins.json)
 , dagsterSource ? dagsterPins.source or null
-  # attr -> what its `dagster-src.package` call declared (nix/default.nix collects them).
-, dagsterDeclarations ? { }
+  # attr -> what its `dagster-src.package` call declared; by default read from the files beside this one.
+, dagsterDeclarations ? null
 }:
 let
   inherit (builtins) attrNames attrValues concatStringsSep elem filter fromJSON head isAttrs isList isString
     listToAttrs map match split substring toJSON;
 
   # The distributions of the set; a bad declaration fails its own package only (see `package`).
-  declared = filter (d: d.problem == null) (attrValues dagsterDeclarations);
+  declared = filter (d: d.problem == null) (attrValues allDeclarations);
   packages = map (d: d.distribution) declared;
   fileOf = distribution: (head (filter (d: d.distribution == distribution) declared)).file;
 
@@ -101,9 +101,11 @@ let
 
   # The release tree is always this derivation, and its build script checks the pins: so this file's
   # value does not depend on the packages' declarations, which depend on it (`package` below).
-  fromRelease = runCommand "dagster-src-${nameSafe (toString (release.version or "0"))}" { } (
+  fromRelease = runCommand "dagster-src-${nameSafe (toString (release.version or "0"))}" {
+    reason = if releaseProblem != null then releaseProblem else "";
+  } (
     if releaseProblem != null then ''
-      echo "error: ${releaseProblem}" >&2
+      echo "error: $reason" >&2
       exit 1
     '' else ''
       mkdir -p "$out"
@@ -188,41 +190,62 @@ let
 
   subdir = path: cut { inherit path; file = "dagster-src.subdir"; };
 
-  # What a package expression calls for its source (see the top of this file). The result is the
-  # package's directory, with the declaration nix/default.nix collects and the derived `version`. A bad
-  # declaration does not stop the set: that package's source fails to build with the reason, naming its file.
-  package = args@{ path, distribution, versionScheme ? "dagster" }:
+  # What a `dagster-src.package { ... }` call declares. A bad declaration does not stop the set: that
+  # package's source fails to build with the reason, naming its file.
+  declare = args@{ path, distribution, versionScheme ? "dagster" }:
     let
       pos = builtins.unsafeGetAttrPos "path" args;
       file = if pos == null then "a package expression" else "nix/packages/${baseNameOf pos.file}";
-      normalized = builtins.replaceStrings [ "_" "." ] [ "-" "-" ] (toString distribution);
       problem =
         if !(isString path) || match "[A-Za-z0-9_./-]+" path == null || match "(.*/)?\\.\\.(/.*)?|/.*" path != null then
           "${file}: path must be a relative directory of the monorepo such as \"python_modules/libraries/dagster-k8s\", not ${toJSON path}"
         else if !(isString distribution) || match "[A-Za-z0-9][A-Za-z0-9._-]*" distribution == null then
           "${file}: distribution must be a package-index name such as \"dagster-k8s\", not ${toJSON distribution}"
         else schemeProblem file versionScheme;
-      declaration = {
-        inherit path file versionScheme problem;
-        distribution = normalized;
-        version = if problem == null then versionFor versionScheme else "0";
-      };
-      source =
-        if problem == null then cut { inherit path file; distribution = normalized; }
-        else runCommand "bad-declaration-source" { reason = problem; } ''
-          echo "error: $reason" >&2
-          exit 1
-        '';
-    in
-    source // {
+    in {
+      inherit path file versionScheme problem;
+      distribution = builtins.replaceStrings [ "_" "." ] [ "-" "-" ] (toString distribution);
+      version = if problem == null then versionFor versionScheme else "0";
+    };
+
+  # What a package expression calls for its source (see the top of this file): the package's directory,
+  # with its declaration and the derived `version`.
+  package = args:
+    let declaration = declare args; in
+    (if declaration.problem == null then cut { inherit (declaration) path file distribution; }
+     else runCommand "bad-declaration-source" { reason = declaration.problem; } ''
+       echo "error: $reason" >&2
+       exit 1
+     '') // {
       inherit (declaration) version;
       dagsterPackage = declaration;
     };
+
+  # The declarations of the package files beside this one (nix/packages/, or Flox's .flox/pkgs/), read
+  # without building or even evaluating the packages: each file is called with stand-ins for its arguments
+  # (this file's `package` records its call; buildPythonPackage returns its own arguments) and only its
+  # `src` is looked at. So the tree never depends on the packages, which depend on it.
+  readDeclarations = dir:
+    let
+      files = filter (f: match ".*\\.nix" f != null && f != "dagster-src.nix")
+        (attrNames (builtins.readDir dir));
+      standIns = fn: builtins.mapAttrs (name: _:
+        if name == "dagster-src" then { package = args: { dagsterPackage = declare args; }; }
+        else if name == "python3Packages" then { buildPythonPackage = args: args; }
+        else throw "dagster-src: reading a declaration used the argument '${name}'") (builtins.functionArgs fn);
+      declarationOf = file:
+        let
+          fn = import (dir + "/${file}");
+          src = if builtins.isFunction fn then (fn (standIns fn)).src or null else null;
+        in if builtins.isAttrs src && src ? dagsterPackage then [ { name = builtins.head (match "(.*)\\.nix" file); value = src.dagsterPackage; } ] else [ ];
+    in listToAttrs (builtins.concatMap declarationOf files);
+
+  allDeclarations = if dagsterDeclarations != null then dagsterDeclarations else readDeclarations ./.;
 in
 tree // {
   inherit version subdir package nameSafe sdists versionFor;
   # attr -> declaration, as the packages made them (the update job, the lock and the sensors read these).
-  declarations = dagsterDeclarations;
+  declarations = allDeclarations;
   sourceMode = dagsterSource;
   # Why the pins cannot be built (null when they can): also the failing build's message.
   pinsProblem = problem;
