@@ -9,6 +9,9 @@ apt_packages=()
 command -v nix-build >/dev/null 2>&1 || apt_packages+=(nix-bin)
 /usr/bin/python3 -m pip --version >/dev/null 2>&1 || apt_packages+=(python3-pip)
 command -v git >/dev/null 2>&1 || apt_packages+=(git)
+# A PostgreSQL server for dagster-postgres' check (its own cluster in the build, on loopback); the bootstrap
+# scope borrows /usr/lib/postgresql/<major>/bin (Debian 12: 15, Debian 13: 17).
+compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || apt_packages+=(postgresql)
 if [[ "${1:-}" == "--test" ]]; then
   command -v chromium >/dev/null 2>&1 || apt_packages+=(chromium)
   # A static shell: the sandbox tests give builders this /bin/sh alone, as Debian 13's Nix does.
@@ -19,8 +22,9 @@ fi
 if ((${#apt_packages[@]})); then
   echo "setup: installing ${apt_packages[*]} from Debian" >&2
   apt-get update -qq
-  # Installing nginx must not start (and enable) the system's nginx on port 80: the tests run their own
-  # instance on loopback. Where nothing forbids services to start (no policy-rc.d), forbid it for this install.
+  # Installing nginx or postgresql must not start (and enable) the system's nginx on port 80 or PostgreSQL's
+  # cluster on 5432: the tests and checks run their own instances on loopback. Where nothing forbids services
+  # to start (no policy-rc.d), forbid it for this install.
   policy=/usr/sbin/policy-rc.d
   if [[ ! -e $policy ]]; then
     printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy"
