@@ -13,12 +13,18 @@ import shutil
 from pathlib import Path
 
 import pytest
+from repo_packages import PACKAGES
 
 from dagster_nix_builder import nixpkgs_versions as nv
 
 REPO = Path(__file__).resolve().parent.parent
 NIX_DIR = REPO / "nix"
 RECORD = REPO.parent / "shared" / "nixpkgs" / "python-versions.json"
+# python3Packages attributes of dagster-dg-cli, dagster-dg-core, dagster-cloud-cli, dagster-rest-resources and
+# dagster-postgres (and this project's own package) whose nixpkgs versions the record does not hold: their
+# bounds are unverified against nixpkgs here (README, "What cannot be verified here").
+NOT_RECORDED = {"click-aliases", "github3-py", "gitpython", "httpx", "jsonschema", "markdown", "psycopg2-binary",
+                "questionary", "setuptools", "typer", "validators", "yaspin", "twine"}
 
 needs_nix = pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="nix is not installed")
 needs_record = pytest.mark.skipif(not RECORD.is_file(), reason=f"{RECORD} is not there")
@@ -100,14 +106,15 @@ def write_fake_nixpkgs(directory: Path, python3: str, versions: dict[str, str]) 
 @needs_nix
 def test_the_attributes_asked_of_nixpkgs_come_from_the_expressions():
     facts = nv.package_set_facts(NIX_DIR)
-    assert sorted(facts) == ["dagster", "dagster-graphql", "dagster-pipes", "dagster-shared", "dagster-webserver"]
+    assert {"dagster", "dagster-graphql", "dagster-pipes", "dagster-shared", "dagster-webserver", "dagster-dg-cli",
+            "dagster-postgres"} <= set(facts) <= set(PACKAGES) - {"dagster-src"}
     attrs = {a for pkg in facts.values() for a in pkg["dependencies"]}
-    assert {"coloredlogs", "gql", "requests-toolbelt", "uvicorn", "pyyaml"} <= attrs
+    assert {"coloredlogs", "gql", "requests-toolbelt", "uvicorn", "pyyaml", "psycopg2-binary", "typer"} <= attrs
     assert not attrs & set(facts)  # the set's own packages are not asked of nixpkgs
-    if RECORD.is_file():  # the record covers every attribute that is not an extra's
+    if RECORD.is_file():  # the record covers the six's attributes; these of the packages added since it was read not
         record = json.loads(RECORD.read_text())
         extras = set(record["gql_optional_dependencies_requests"] + record["uvicorn_optional_dependencies_standard"])
-        assert attrs - extras <= set(record["packages"])
+        assert attrs - extras - set(record["packages"]) <= NOT_RECORDED
 
 
 @needs_nix
