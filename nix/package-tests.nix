@@ -422,7 +422,8 @@ let
         try:
             out = run([python, "-I", "-S", "-B", script], what, env=env)
         except Problem as exc:
-            missing = re.findall(r"No module named '([^']+)'", str(exc))
+            missing = re.findall(r"No module named '([^']+)'|Couldn't import module ([A-Za-z0-9_.]+)", str(exc))
+            missing = [a or b for a, b in missing]
             if "psycopg" in missing:
                 raise Problem(f"{exc}\nHint: the scheme {SCHEME}:// made SQLAlchemy load psycopg (3), its default "
                               "PostgreSQL driver since SQLAlchemy 2.1, which is not in the package's closure "
@@ -502,7 +503,9 @@ let
         with open(log_path, "wb") as log:
             server = subprocess.Popen(
                 [os.path.join(PG_BIN, "postgres"), "-D", data, "-p", str(port), "-c", "listen_addresses=127.0.0.1",
-                 "-c", f"unix_socket_directories={work}", "-c", "fsync=off", "-c", "logging_collector=off"],
+                 "-c", f"unix_socket_directories={work}", "-c", "fsync=off", "-c", "logging_collector=off",
+                 # In its processes' titles ("postgres: <database>: checkpointer"): whose they are.
+                 "-c", f"cluster_name={DATABASE}"],
                 cwd=work, env=base_env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         started = time.monotonic()
@@ -605,9 +608,9 @@ let
     if problem:
         if os.path.exists(log_path):
             with open(log_path, errors="replace") as f:
-                tail = f.read()[-3000:]
-            print("postgres log (tail):", file=sys.stderr)
-            for line in tail.splitlines():
+                tail = f.read()[-3000:].splitlines()
+            print("postgres log (tail):" if tail else "postgres log: empty", file=sys.stderr)
+            for line in tail:
                 print(f"  | {line}", file=sys.stderr)
         fail(problem)
     finish(lines)
