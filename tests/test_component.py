@@ -3,7 +3,7 @@
 Most tests make their own small dg project in ``tmp_path`` (root module ``nixproj``, its defs folder with one
 ``defs.yaml``, ``.venv`` a link to this venv) over a copy of the tiny fixture set, so each has its own state
 and instance; the repo's own project is checked as it ships (``dg check defs``, ``dg list defs``) and, in the
-slow test, ``dg launch --assets '*'`` builds its six.
+slow test, ``dg launch --assets '*'`` builds the whole set with every check.
 """
 
 from __future__ import annotations
@@ -295,7 +295,7 @@ def test_dg_launch_and_dg_dev_share_the_project_instance_through_env(tmp_path: P
 
 
 @pytest.mark.slow
-def test_dg_launch_builds_the_six_of_the_repo(tmp_path: Path):
+def test_dg_launch_builds_the_whole_set_of_the_repo_with_every_check(tmp_path: Path):
     """The README's command from the repository root (its instance redirected to tmp_path by an exported
     DAGSTER_HOME, which the project's .env leaves alone)."""
     graph = load_package_graph(NixResource(nix_dir=str(REPO / "nix")))

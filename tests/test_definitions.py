@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from repo_packages import PACKAGES
 from test_component import make_project, project_env
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,13 +42,13 @@ def test_definitions_load_the_fixture_set(tmp_path: Path, salt: str):
     assert proc.stdout.strip() == "['base', 'mid', 'solo', 'top-level']"
 
 
-def test_the_repo_definitions_load_the_six():
+def test_the_repo_definitions_load_every_package_of_the_set():
     proc = subprocess.run(
         [sys.executable, "-c", "from dagster_nix_builder.definitions import defs\n" + KEYS.split("\n", 1)[1]],
         cwd=REPO, capture_output=True, text=True, check=False, timeout=180,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    for key in ("dagster-src", "dagster-shared", "dagster-pipes", "dagster", "dagster-graphql", "dagster-webserver"):
+    for key in PACKAGES:
         assert f"'{key}'" in proc.stdout
 
 

@@ -115,11 +115,14 @@ def test_scripts_publish_sh_builds_and_publishes_the_six(tmp_path: Path, index: 
     env.update(DNB_PUBLISH_DIR=str(state), DAGSTER_HOME=str(tmp_path / "home"), DNB_INDEX_UPLOAD_URL=index.url,
                DNB_INDEX_URL=index.simple, DNB_INDEX_USER=USER, DNB_INDEX_PASSWORD=PASSWORD)
     (tmp_path / "home").mkdir()
-    proc = subprocess.run([str(repo / "scripts" / "publish.sh")], cwd=repo, env=env, capture_output=True, text=True,
-                          timeout=1800, check=False)
+    six = ["dagster-src", "dagster-shared", "dagster-pipes", "dagster", "dagster-graphql", "dagster-webserver"]
+    # The six of the hand-run report and what they need (the whole set is the command without a selection).
+    selection = " or ".join(f'+key:"published/{attr}"' for attr in six)
+    proc = subprocess.run([str(repo / "scripts" / "publish.sh"), selection], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=1800, check=False)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-5000:]
-    six = ["dagster-src", "dagster-shared", "dagster-pipes", "dagster", "dagster-graphql", "dagster-webserver"]
+    assert "published/dagster-postgres" not in log  # the selection held
     for attr in six:
         for check in ("reproducible", "substitutes"):
             assert f"Asset check '{check}' on 'published/{attr}' passed" in log, (attr, check)
