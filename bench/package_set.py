@@ -1,8 +1,9 @@
-"""Cold and warm (no-op) build time of the six packages with a bare `nix-build`, no Dagster involved.
+"""Cold and warm (no-op) build time of the package set (every file of nix/packages/) with a bare `nix-build`,
+no Dagster involved.
 
-    .venv/bin/python bench/package_set.py [--runs 5] [--json bench/results/package_set.json]
+    .venv/bin/python bench/package_set.py [--runs 5] [--six] [--json bench/results/package_set.json]
 
-Cold: every store path the six need (outputs of all their derivations, fetches included; with
+Cold: every store path the packages need (outputs of all their derivations, fetches included; with
 ``--with-tests`` their ``passthru.tests`` too, built as ``<attr>.tests.<name>``) is deleted first, so
 the build downloads the wheels and sdists and builds everything. The log (internal-json) splits the
 cold time into fetching (fixed-output derivations) and the rest. Warm: the same command again with
@@ -24,7 +25,9 @@ from pathlib import Path
 from dagster_nix_builder.nix_settings import bootstrap_nix_config
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ["dagster-src", "dagster-shared", "dagster-pipes", "dagster", "dagster-graphql", "dagster-webserver"]
+# The set is data: its packages are the files of nix/packages/. --six keeps to the hand-run report's six.
+PACKAGES = sorted(p.stem for p in (REPO / "nix" / "packages").glob("*.nix"))
+SIX = ["dagster-src", "dagster-shared", "dagster-pipes", "dagster", "dagster-graphql", "dagster-webserver"]
 ENV = {**os.environ, "NIX_CONFIG": bootstrap_nix_config(), "NIX_PATH": ""}
 
 
@@ -33,14 +36,14 @@ def run(cmd: list[str], *, check: bool = False) -> subprocess.CompletedProcess:
 
 
 def test_installables() -> list[str]:
-    """``<attr>.tests.<name>`` of every test of the six (their ``passthru.tests``), asked from Nix."""
+    """``<attr>.tests.<name>`` of every test of the packages (their ``passthru.tests``), asked from Nix."""
     expr = "builtins.mapAttrs (n: p: builtins.attrNames (p.tests or {})) (import %s {})" % (REPO / "nix")
     tests = json.loads(run(["nix-instantiate", "--eval", "--json", "--strict", "-E", expr], check=True).stdout)
     return [f"{attr}.tests.{name}" for attr in PACKAGES for name in tests.get(attr, [])]
 
 
 def installables(with_tests: bool = False) -> list[str]:
-    """The six, and with ``with_tests`` their tests too (what a Dagster run of everything builds)."""
+    """The packages, and with ``with_tests`` their tests too (what a Dagster run of everything builds)."""
     return [*PACKAGES, *(test_installables() if with_tests else [])]
 
 
@@ -155,9 +158,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--max-jobs", type=int, default=os.cpu_count(),
                         help="derivations built at once (default: the cores, as the product passes)")
-    parser.add_argument("--with-tests", action="store_true", help="build the six's passthru.tests too")
+    parser.add_argument("--with-tests", action="store_true", help="build the packages' passthru.tests too")
+    parser.add_argument("--six", action="store_true", help="only the six of the hand-run report, not the whole set")
     args = parser.parse_args()
 
+    if args.six:
+        PACKAGES[:] = SIX
     targets = installables(args.with_tests)
     drvs = drv_paths(args.with_tests)
     all_drvs = run(["nix-store", "-qR", *drvs], check=True).stdout.split()
