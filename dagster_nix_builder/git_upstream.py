@@ -19,7 +19,7 @@ import git
 from packaging.version import InvalidVersion, Version
 
 from dagster_nix_builder import processes
-from dagster_nix_builder.pins import RELEASE_PACKAGES, validate_git_argument, validate_rev
+from dagster_nix_builder.pins import validate_git_argument, validate_rev
 
 DEFAULT_TIMEOUT_SECONDS = 60
 
@@ -139,13 +139,18 @@ def sdist_versions(
         IndexUnreachableError: If the index could not be read (network, TLS, server error).
         UpstreamError: If pip fails (bad arguments, a pip without the finder this relies on).
     """
-    return _sdist_versions_of([package], pip_args, python, timeout, pre)[package]
+    return sdist_versions_of([package], pip_args=pip_args, python=python, timeout=timeout, pre=pre)[package]
 
 
-def _sdist_versions_of(
-    packages: Sequence[str], pip_args: Sequence[str], python: str, timeout: float, pre: bool = False
+def sdist_versions_of(
+    packages: Sequence[str],
+    *,
+    pip_args: Sequence[str] = (),
+    python: str = sys.executable,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    pre: bool = False,
 ) -> dict[str, list[str]]:
-    """One pip process listing the sdist versions of several packages (a finder per call costs ~1 s)."""
+    """:func:`sdist_versions` of several packages in one pip process (a finder per call costs ~1 s)."""
     for package in packages:
         validate_git_argument(package, "package name")
     cmd = [python, "-c", _SDIST_VERSIONS_SCRIPT, json.dumps(list(packages)), *pip_args]
@@ -180,13 +185,14 @@ def _version_key(v: str) -> Version:
 
 
 def latest_release(
-    packages: Sequence[str] = RELEASE_PACKAGES,
+    packages: Sequence[str],
     *,
     pip_args: Sequence[str] = (),
     python: str = sys.executable,
     timeout: float = DEFAULT_TIMEOUT_SECONDS,
 ) -> str | None:
-    """The newest version for which every one of `packages` has an sdist on the index.
+    """The newest version for which every one of `packages` has an sdist on the index (a set whose
+    packages share one version; the release update asks the package set's declarations instead).
 
     Returns:
         The version, or None if no version has all of them.
@@ -195,7 +201,7 @@ def latest_release(
         UpstreamError: If the index cannot be asked.
     """
     common: set[str] | None = None
-    for versions in _sdist_versions_of(packages, pip_args, python, timeout).values():
+    for versions in sdist_versions_of(packages, pip_args=pip_args, python=python, timeout=timeout).values():
         common = set(versions) if common is None else common & set(versions)
     if not common:
         return None
@@ -204,7 +210,7 @@ def latest_release(
 
 def missing_sdists(
     version: str,
-    packages: Sequence[str] = RELEASE_PACKAGES,
+    packages: Sequence[str],
     *,
     pip_args: Sequence[str] = (),
     python: str = sys.executable,
@@ -216,5 +222,5 @@ def missing_sdists(
         IndexUnreachableError: If the index could not be read, so nothing can be said about the release.
         UpstreamError: If pip fails otherwise.
     """
-    found = _sdist_versions_of(packages, pip_args, python, timeout, pre=True)
+    found = sdist_versions_of(packages, pip_args=pip_args, python=python, timeout=timeout, pre=True)
     return [p for p in packages if version not in found[p]]

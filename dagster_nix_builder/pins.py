@@ -16,15 +16,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-RELEASE_PACKAGES: tuple[str, ...] = (
-    "dagster",
-    "dagster-shared",
-    "dagster-pipes",
-    "dagster-graphql",
-    "dagster-webserver",
-)
-"""The five sdists a release pins, in the order they are written."""
-
 FAKE_HASH = "sha256-" + "A" * 43 + "="
 """A well-formed hash no source has; Nix fails on it and prints the real one."""
 
@@ -34,6 +25,7 @@ SOURCE_MODES: tuple[str, ...] = ("release", "git")
 _REV_RE = re.compile(r"[0-9a-f]{40}")
 _SRI_SHA256_RE = re.compile(r"sha256-[A-Za-z0-9+/]{43}=")
 _VERSION_RE = re.compile(r"[0-9A-Za-z!+._-]+")
+_DISTRIBUTION_RE = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 TEMP_PREFIX = "."
 TEMP_SUFFIX = ".tmp"
 
@@ -64,6 +56,16 @@ def validate_sri_hash(value: str) -> str:
     if not isinstance(value, str) or not _SRI_SHA256_RE.fullmatch(value):
         raise PinsError(f"invalid hash {value!r}: expected an SRI sha256 hash like {FAKE_HASH}")
     return value
+
+
+def validate_distribution(name: str) -> str:
+    """Check a key of `release.hashes` is a normalized distribution name (`dagster-postgres`: lowercase
+    letters and digits, single `-` between them), as the package set's declarations normalize it."""
+    if not isinstance(name, str) or not _DISTRIBUTION_RE.fullmatch(name):
+        raise PinsError(
+            f"invalid distribution {name!r} in release.hashes: expected a normalized name such as 'dagster-postgres'"
+        )
+    return name
 
 
 def validate_version(version: str) -> str:
@@ -112,11 +114,15 @@ class GitPin:
 
 @dataclass(frozen=True)
 class ReleasePin:
-    """The `release` section: one Dagster release, five sdists.
+    """The `release` section: one Dagster release, one sdist per distribution the package set declares.
+
+    Which distributions those are, and each one's version at `version`, is the package set's to say
+    (`dagster-src.declarations`): this file accepts any distribution name (normalized: lowercase, `-`), and
+    the update job writes exactly the declared ones, dropping the hash of a distribution no package declares.
 
     Attributes:
         version: The Dagster version, e.g. `1.13.27`.
-        hashes: Package name -> SRI sha256 of its sdist file.
+        hashes: Distribution (normalized name, e.g. `dagster-postgres`) -> SRI sha256 of its sdist file.
     """
 
     version: str
@@ -155,7 +161,8 @@ class Pins:
             if source not in SOURCE_MODES:
                 raise PinsError(f"invalid source {source!r}: expected one of {SOURCE_MODES}")
             hashes = dict(rel["hashes"])
-            for value in hashes.values():
+            for name, value in hashes.items():
+                validate_distribution(name)
                 if value is not None:
                     validate_sri_hash(value)
             release = ReleasePin(version=validate_version(rel["version"]), hashes=hashes)

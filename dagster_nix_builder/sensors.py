@@ -3,8 +3,9 @@
 - The commit sensor (git mode) asks `git ls-remote` for the head of the followed branch; a head that
   differs from the pinned rev requests one update run with `run_key` = the rev, so a rev is never
   processed twice.
-- The release sensor (release mode) asks the package index for the newest version of which all five
-  sdists are published; a newer version than the pinned one requests one update run.
+- The release sensor (release mode) asks the package index for the newest Dagster version of which every
+  distribution the package set declares has an sdist of the version its declaration derives (Nix says
+  which distributions and versions); a newer version than the pinned one requests one update run.
 
 An unchanged upstream, an upstream that cannot be reached, or pins in the other source mode are skips
 with their reason, never crashes. Both keep a JSON cursor (what they last saw and requested), which the
@@ -34,6 +35,7 @@ from dagster import (
 from packaging.version import InvalidVersion, Version
 
 from dagster_nix_builder import git_upstream
+from dagster_nix_builder.nix_settings import DEFAULT_NIX_CONFIG
 from dagster_nix_builder.pins import Pins, PinsError, read_pins
 from dagster_nix_builder.update_job import (
     REPO_ROOT,
@@ -42,6 +44,8 @@ from dagster_nix_builder.update_job import (
     update_job,
     update_run_config,
 )
+from dagster_nix_builder.update_model import UpdateError, UpdateSettings
+from dagster_nix_builder.update_resolve import latest_complete_release
 
 COMMIT_SENSOR_NAME = "dagster_upstream_commit_sensor"
 RELEASE_SENSOR_NAME = "dagster_release_sensor"
@@ -171,33 +175,44 @@ def build_release_sensor(
     repo_dir: str | Path = REPO_ROOT,
     nix_dir: str = "nix",
     pip_args: Sequence[str] = (),
-    packages: Sequence[str] = git_upstream.RELEASE_PACKAGES,
+    scope: str | None = "bootstrap",
+    nix_executable: str = "nix",
+    nix_config: str = DEFAULT_NIX_CONFIG,
     name: str = RELEASE_SENSOR_NAME,
     minimum_interval_seconds: int = 3600,
     default_status: DefaultSensorStatus = DefaultSensorStatus.STOPPED,
     timeout_seconds: float = 120,
 ) -> SensorDefinition:
-    """A sensor requesting an update run when a newer Dagster release has all its sdists published.
+    """A sensor requesting an update run when a newer Dagster release is complete on the package index:
+    every distribution the package set declares has an sdist of the version its declaration derives (the
+    declarations and versions are Nix's, `dagster-src.declarations` at the candidate pins).
 
     Args:
         job: The update job to run (its op is configured with `version`).
         repo_dir: The checkout whose `nix/pins.json` holds the pinned version.
         nix_dir: The package set directory, relative to `repo_dir`.
         pip_args: Extra pip arguments (the user's pip configuration applies anyway).
-        packages: The packages that must all have the version.
+        scope: `--argstr scope` of the package set (None: none), as the update job's.
+        nix_executable: The `nix` command (`nix-instantiate` beside it evaluates the declarations).
+        nix_config: NIX_CONFIG of the evaluation.
         name: Sensor name.
         minimum_interval_seconds: Seconds between evaluations.
         default_status: Whether the sensor runs as soon as the daemon loads it.
         timeout_seconds: Limit of each pip call.
     """
     pins_path = Path(repo_dir) / nix_dir / "pins.json"
+    settings = UpdateSettings(
+        repo_dir=Path(repo_dir), nix_dir=nix_dir, nix_args={"scope": scope} if scope else {},
+        nix_executable=nix_executable, nix_config=nix_config, pip_args=tuple(pip_args), timeout_seconds=timeout_seconds,
+    )  # fmt: skip
 
     @sensor(
         name=name,
         job=job,
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
-        description="Requests an update run when a newer Dagster release has all five sdists published.",
+        description="Requests an update run when a newer Dagster release has an sdist of every distribution "
+        "the package set declares.",
     )
     def _release_sensor(context: SensorEvaluationContext) -> SensorResult:
         cursor = UpstreamCursor.from_json(context.cursor)
@@ -205,22 +220,28 @@ def build_release_sensor(
         if isinstance(pins, SensorResult):
             return pins
         try:
-            latest = git_upstream.latest_release(packages, pip_args=pip_args, timeout=timeout_seconds)
-        except (git_upstream.UpstreamError, ValueError) as e:
+            release = latest_complete_release(settings, Path(repo_dir), pins)
+        except (UpdateError, ValueError) as e:
             cursor = UpstreamCursor(cursor.last_seen, cursor.last_requested, str(e))
-            return _skip(f"package index unreachable: {e}", cursor, context)
+            what = "package index unreachable" if "package index" in str(e) else "cannot look up releases"
+            return _skip(f"{what}: {e}", cursor, context)
+        latest = release.version
         if latest is None:
             cursor = UpstreamCursor(cursor.last_seen, cursor.last_requested, None)
-            return _skip(f"no version has all of {', '.join(packages)} as sdists", cursor, context)
+            return _skip(
+                "no version has all of the package set's distributions as sdists: "
+                + ("; ".join(release.problems) or "the package index has none of them"),
+                cursor, context,
+            )  # fmt: skip
         cursor = UpstreamCursor(latest, cursor.last_requested, None)
         pinned = pins.release.version
         if not _newer(latest, pinned):
-            return _skip(
-                f"newest complete release {latest} is not newer than pinned {pinned}", cursor, context
-            )
+            return _skip(f"newest complete release {latest} is not newer than pinned {pinned}", cursor, context)
         if latest == cursor.last_requested:
             return _skip(f"an update to {latest} was already requested", cursor, context)
         cursor = UpstreamCursor(latest, latest, None)
+        versions = ", ".join(f"{d.distribution} {d.version}" for d in release.declarations.values())
+        context.log.info(f"release {latest} is complete ({versions}): requesting an update")
         return SensorResult(
             run_requests=[
                 RunRequest(
@@ -294,7 +315,9 @@ def update_definitions(
                 job=job, repo_dir=repo_dir, nix_dir=nix_dir, default_status=sensor_status
             ),
             build_release_sensor(
-                job=job, repo_dir=repo_dir, nix_dir=nix_dir, pip_args=pip_args, default_status=sensor_status
+                job=job, repo_dir=repo_dir, nix_dir=nix_dir, pip_args=pip_args, default_status=sensor_status,
+                scope=scope, nix_executable=resource_fields.get("nix_executable", "nix"),
+                nix_config=resource_fields.get("nix_config", DEFAULT_NIX_CONFIG),
             ),
         ],
         resources={

@@ -4,9 +4,9 @@ Steps (each named in `UpdateStep`, and in the error when it fails), each in its 
 
 1. preflight: one update per checkout; recover from a run that was killed half-way (`update_journal`);
    refuse when a file the update would edit has uncommitted changes, naming them (`update_commit`).
-2. resolve: validate the target (40-hex rev, or a release whose five sdists are all published); with no
-   target, take the head of the followed branch (`git ls-remote`) or the newest complete release
-   (`update_resolve`).
+2. resolve: validate the target (40-hex rev, or a release of which every distribution the package set
+   declares has an sdist of the version Nix derives for it, `update_declarations`); with no target, take
+   the head of the followed branch (`git ls-remote`) or the newest complete release (`update_resolve`).
 3. lock: in release mode regenerate `nix/bootstrap/wheels.json`; in git mode (after step 5) check that
    the source's own requirements are what it locks, relocking on drift (`update_lock`).
 4. hash: build the source with the candidate pins passed to Nix as an argument (`--arg pins`) and a fake
@@ -27,13 +27,13 @@ On any failure (including an interrupt) every file written is restored byte for 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dagster_nix_builder.nix_settings import DEFAULT_NIX_CONFIG
 from dagster_nix_builder.pins import (
-    RELEASE_PACKAGES,
     Pins,
     SourceMode,
     parse_pins,
@@ -43,6 +43,7 @@ from dagster_nix_builder.pins import (
 )
 from dagster_nix_builder.update_build import check, rebuild
 from dagster_nix_builder.update_commit import changed_files, commit, open_repo, refuse_dirty
+from dagster_nix_builder.update_declarations import Declarations, distributions
 from dagster_nix_builder.update_hash import (
     VERSION_FILE,
     HashMismatch,
@@ -163,6 +164,7 @@ class Updater:
 
         self.step = UpdateStep.RESOLVE
         candidate = replace(pins, source=mode) if switching else pins
+        declarations: Declarations = {}
         if mode == "git":
             candidate = candidate.with_git(
                 url=validate_git_argument(url, "git url") if url is not None else pins.git.url,
@@ -174,8 +176,11 @@ class Updater:
                 log(f"dagster-src already pinned to {target}; nothing to do")
                 return UpdateResult(mode, old, target, None, version=pins.git.version)
         else:
-            target = resolve_release(target, settings.pip_args, log)
-            if candidate.with_release(version=target) == pins:
+            release = resolve_release(target, settings, self.repo_dir, candidate, log)
+            target, declarations = str(release.version), release.declarations
+            if candidate.with_release(version=target) == pins and set(pins.release.hashes) == set(
+                distributions(declarations)
+            ):
                 log(f"dagster-src already pinned to release {target}; nothing to do")
                 return UpdateResult(mode, old, target, None, version=target)
             candidate = candidate.with_release(version=target)
@@ -186,7 +191,9 @@ class Updater:
             lock.regenerate(target)
 
         self.step = UpdateStep.HASH
-        hashes = discover_hashes(settings, self.repo_dir, mode, target, candidate, log)
+        hashes = discover_hashes(
+            settings, self.repo_dir, mode, target, candidate, log, declarations if mode == "release" else None
+        )
         if mode == "git":
             final = candidate.with_git(hash=hashes[settings.source_attr])
             self.step = UpdateStep.VERSION
@@ -195,9 +202,7 @@ class Updater:
             self.step = UpdateStep.LOCK
             lock.check(tree, target, version)
         else:
-            # Keep the file's key order so the commit's diff shows only changed values.
-            order = [*pins.release.hashes, *(p for p in RELEASE_PACKAGES if p not in pins.release.hashes)]
-            final = candidate.with_release(hashes={p: hashes.get(p, pins.release.hashes.get(p)) for p in order})
+            final = candidate.with_release(hashes=release_hashes(pins.release.hashes, hashes, log))
 
         self.step = UpdateStep.WRITE
         journal.write(settings.pins_path, render_pins(final))
@@ -226,6 +231,19 @@ class Updater:
             return parse_pins(self.settings.pins_path.read_bytes())
         except FileNotFoundError as e:
             raise UpdateError(UpdateStep.PREFLIGHT, f"no pin file at {journal.rel(self.settings.pins_path)}") from e
+
+
+def release_hashes(old: Mapping[str, str], new: Mapping[str, str], log: Log) -> dict[str, str]:
+    """The release's hashes after an update: exactly the distributions the package set declares (`new`);
+    a hash of a distribution no package declares any more is dropped, and said so. The file's key order is
+    kept (sorted when it was), so the commit's diff shows only what changed."""
+    for dist in old:
+        if dist not in new:
+            log(f"dropped the hash of {dist}: no package declares it any more")
+    order = [d for d in old if d in new] + [d for d in new if d not in old]
+    if list(old) == sorted(old):
+        order.sort()
+    return {d: new[d] for d in order}
 
 
 def update(
@@ -297,6 +315,7 @@ __all__ = [
     "parse_hash_mismatches",
     "pins_nix_expression",
     "read_version_file",
+    "release_hashes",
     "sdist_package_name",
     "source_requirements",
     "update",

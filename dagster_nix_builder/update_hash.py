@@ -1,8 +1,8 @@
 """The hash and version steps: Nix computes the source's hash, and the source says its version.
 
 Hash: the source is built with the candidate pins passed as `--arg pins` and a fake hash; Nix fails and
-prints the real one (`specified:`/`got:`), one per sdist in release mode. Nothing is written for this,
-so a build running beside the update reads the committed pins.
+prints the real one (`specified:`/`got:`), one per declared distribution's sdist in release mode. Nothing is
+written for this, so a build running beside the update reads the committed pins.
 
 Version (git mode): the source is built at its real hash and `__version__` read from its own
 `python_modules/dagster/dagster/version.py`.
@@ -16,7 +16,8 @@ from pathlib import Path
 
 from dagster_nix_builder.log_format import error_messages
 from dagster_nix_builder.nix_output import parse_build_json, strip_ansi
-from dagster_nix_builder.pins import FAKE_HASH, RELEASE_PACKAGES, Pins, validate_sri_hash, validate_version
+from dagster_nix_builder.pins import FAKE_HASH, Pins, validate_sri_hash, validate_version
+from dagster_nix_builder.update_declarations import Declarations, sdist_drv_paths, with_fake_hashes
 from dagster_nix_builder.update_model import Log, UpdateError, UpdateSettings, UpdateStep
 from dagster_nix_builder.update_nix import build_with_pins, nix_cli, nix_errors
 
@@ -51,7 +52,8 @@ def parse_hash_mismatches(stderr: str) -> list[HashMismatch]:
 
 
 def sdist_package_name(drv_name: str, version: str) -> str | None:
-    """Map an sdist derivation name back to its package: `dagster_shared-1.13.27.tar.gz` -> `dagster-shared`."""
+    """Map an sdist derivation name back to its package: `dagster_shared-1.13.27.tar.gz` -> `dagster-shared`
+    (for reading a log; the hash step asks Nix which derivation is whose: `dagster-src.sdists`)."""
     suffix = f"-{version}.tar.gz"
     if not drv_name.endswith(suffix):
         return None
@@ -65,13 +67,17 @@ def read_version_file(text: str) -> str | None:
 
 
 def discover_hashes(
-    settings: UpdateSettings, repo_dir: Path, mode: str, target: str, candidate: Pins, log: Log
+    settings: UpdateSettings,
+    repo_dir: Path,
+    mode: str,
+    target: str,
+    candidate: Pins,
+    log: Log,
+    declarations: Declarations | None = None,
 ) -> dict[str, str]:
-    """The hashes of the candidate's source: `{source_attr: hash}` (git) or one per sdist (release)."""
-    if mode == "git":
-        fake = candidate.with_git(hash=FAKE_HASH)
-    else:
-        fake = candidate.with_release(hashes=dict.fromkeys(RELEASE_PACKAGES, FAKE_HASH))
+    """The hashes of the candidate's source: `{source_attr: hash}` (git), or one per distribution the
+    package set declares (release: `declarations` at `target`), keyed by distribution."""
+    fake = candidate.with_git(hash=FAKE_HASH) if mode == "git" else with_fake_hashes(candidate, declarations or {})
     cli = nix_cli(settings, repo_dir, mode, fake)
     proc = build_with_pins(cli, [settings.source_attr], fake, timeout=settings.timeout_seconds, log=log)
     mismatches = parse_hash_mismatches(proc.stderr)
@@ -88,17 +94,22 @@ def discover_hashes(
             )
         log(f"{settings.source_attr}: {got[0].got}")
         return {settings.source_attr: validate_sri_hash(got[0].got)}
+    # Which distribution a mismatch belongs to: its derivation is that distribution's `dagster-src.sdists`.
+    owner = {drv: dist for dist, drv in sdist_drv_paths(settings, repo_dir, fake).items()}
+    versions = {d.distribution: d.version for d in (declarations or {}).values()}
     hashes: dict[str, str] = {}
     for m in mismatches:
-        package = sdist_package_name(m.drv_name, target)
-        if package is not None and m.specified == FAKE_HASH:
-            hashes[package] = validate_sri_hash(m.got)
-            log(f"{package} {target}: {m.got}")
-    missing = [p for p in RELEASE_PACKAGES if p not in hashes]
+        dist = owner.get(m.drv_path)
+        if dist is not None and m.specified == FAKE_HASH:
+            hashes[dist] = validate_sri_hash(m.got)
+            log(f"{dist} {versions.get(dist)}: {m.got}")
+    missing = [d for d in sorted(fake.release.hashes) if d not in hashes]
     if missing:
+        files = {d.distribution: d.file for d in (declarations or {}).values()}
         raise UpdateError(
             UpdateStep.HASH,
-            f"Nix reported no hash for the sdists of {', '.join(missing)} {target}",
+            f"Nix reported no hash for the sdists of Dagster {target}: "
+            + ", ".join(f"{d} {versions.get(d)} ({files.get(d)})" for d in missing),
             nix_errors(proc.stderr),
         )
     return hashes

@@ -51,7 +51,9 @@ class UpdateConfig(Config):
     )
     rev: str | None = Field(default=None, description="Git mode: the commit to pin (40 hex digits).")
     version: str | None = Field(
-        default=None, description="Release mode: the Dagster version whose five sdists to pin."
+        default=None,
+        description="Release mode: the Dagster version; the sdist of every distribution the package set "
+        "declares is pinned at the version its declaration derives (e.g. 0.29.27 of a library at 1.13.27).",
     )
     url: str | None = Field(
         default=None, description="Git mode: the repository to follow, written into git.url (default: kept)."

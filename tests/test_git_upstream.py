@@ -84,9 +84,10 @@ def test_latest_release_needs_all_five(tmp_path: Path) -> None:
     files = [f"{n}-{v}.tar.gz" for n in names for v in ("1.13.9", "1.13.10")]
     files += [f"{n}-1.13.11.tar.gz" for n in names if n != "dagster_graphql"]
     args = _index(tmp_path / "index", files)
-    assert latest_release(pip_args=args) == "1.13.10"  # 1.13.10 > 1.13.9 as versions, not strings
-    assert missing_sdists("1.13.11", pip_args=args) == ["dagster-graphql"]
-    assert missing_sdists("1.13.10", pip_args=args) == []
+    packages = [n.replace("_", "-") for n in names]
+    assert latest_release(packages, pip_args=args) == "1.13.10"  # 1.13.10 > 1.13.9 as versions, not strings
+    assert missing_sdists("1.13.11", packages, pip_args=args) == ["dagster-graphql"]
+    assert missing_sdists("1.13.10", packages, pip_args=args) == []
 
 
 UNREACHABLE_INDEX = ["--index-url", "http://127.0.0.1:9/simple", "--retries", "0", "--timeout", "5"]
@@ -96,9 +97,9 @@ def test_unreachable_index_is_not_a_missing_release(tmp_path: Path) -> None:
     # Nothing listens on port 9: pip's finder would skip the page and report no versions at all.
     with pytest.raises(IndexUnreachableError, match=r"could not be read \(a network or server error, not a "
                        r"missing release\): Could not fetch URL http://127.0.0.1:9/simple/dagster/: connection error"):
-        missing_sdists("1.13.27", pip_args=UNREACHABLE_INDEX)
+        missing_sdists("1.13.27", ["dagster"], pip_args=UNREACHABLE_INDEX)
     with pytest.raises(IndexUnreachableError):
-        latest_release(pip_args=UNREACHABLE_INDEX)
+        latest_release(["dagster"], pip_args=UNREACHABLE_INDEX)
     # A reachable index without the release is an answer: the missing sdists.
     args = _index(tmp_path / "index", ["dagster_pipes-1.13.27.tar.gz"])
     assert missing_sdists("1.13.27", ["dagster-pipes", "dagster-shared"], pip_args=args) == ["dagster-shared"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from dagster import DagsterInstance, Definitions, build_sensor_context
+from test_add_package import FIXTURE, release_project
 from upstream_repo import (
     BROKEN_MODULE,
     GOOD_MODULE,
@@ -144,22 +145,20 @@ def _fake_index(folder: Path, versions: dict[str, list[str]]) -> list[str]:
 
 
 def test_release_sensor_requests_complete_newer_release_only(root: Path) -> None:
-    upstream = Upstream(root)
-    project = make_project(root, upstream)
+    # The set's distributions and their versions are Nix's: dnb-tiny-core follows Dagster's version,
+    # dnb-tiny-lib (versionScheme "library") is 0.29.x at Dagster 1.13.x.
+    project = release_project(root)
+    shutil.copy(FIXTURE / "added" / "dnb-tiny-lib.nix", project / "nix" / "packages")
     pins_path = project / "nix" / "pins.json"
-    write_pins(pins_path, replace(read_pins(pins_path), source="release"))
-    everything = ["1.13.27", "1.13.28"]
     pip_args = _fake_index(
         root / "index",
         {
-            "dagster": [*everything, "1.13.29"],
-            "dagster-shared": [*everything, "1.13.29"],
-            "dagster-pipes": [*everything, "1.13.29"],
-            "dagster-graphql": [*everything, "1.13.29"],
-            "dagster-webserver": everything,  # 1.13.29 is not complete yet
+            "dnb-tiny-core": ["1.13.27", "1.13.28", "1.13.29"],
+            "dnb-tiny-lib": ["0.29.27", "0.29.28"],  # 1.13.29 is not complete yet
+            "dagster": ["1.13.30"],  # not a distribution of the set
         },
     )
-    sensor = build_release_sensor(repo_dir=project, pip_args=pip_args)
+    sensor = build_release_sensor(repo_dir=project, pip_args=pip_args, nix_config=NIX_CONFIG)
 
     data = tick(sensor, None)
     assert [r.run_key for r in data.run_requests] == ["release-1.13.28"]
@@ -170,9 +169,17 @@ def test_release_sensor_requests_complete_newer_release_only(root: Path) -> None
     assert "not newer than pinned" in tick(sensor, data.cursor).skip_message
 
     empty = build_release_sensor(
-        repo_dir=project, pip_args=["--no-index", "--find-links", str(root / "none")]
+        repo_dir=project, pip_args=["--no-index", "--find-links", str(root / "none")], nix_config=NIX_CONFIG
     )
     assert "no version has all of" in tick(empty, None).skip_message
+    only_core = build_release_sensor(
+        repo_dir=project, pip_args=_fake_index(root / "core", {"dnb-tiny-core": ["1.13.29"]}), nix_config=NIX_CONFIG
+    )
+    assert tick(only_core, None).skip_message == (
+        "no version has all of the package set's distributions as sdists: 1.13.29: nix/packages/dnb-tiny-lib.nix: "
+        "the package index has no distribution 'dnb-tiny-lib' (no sdist at any version); check the file's "
+        "distribution (its name on the package index)"
+    )
 
 
 def test_update_definitions_load(root: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Self
 
 import pytest
+from test_add_package import release_project
 from upstream_repo import (
     BROKEN_MODULE,
     FAILING_VERSION_MODULE,
@@ -568,7 +569,7 @@ def test_no_rev_and_an_unreachable_upstream_fail_the_resolve_step(fresh: dict) -
 
 
 def test_unreachable_index_is_reported_as_such_not_as_an_incomplete_release(fresh: dict) -> None:
-    project = make_project(fresh["root"], fresh["upstream"], source="release")
+    project = release_project(fresh["root"])
     before, head = snapshot(project), git(project, "rev-parse", "HEAD")
     unreachable = ["--index-url", "http://127.0.0.1:9/simple", "--retries", "0", "--timeout", "5"]
 
