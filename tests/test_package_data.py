@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from upstream_repo import Upstream, world_readable_tmpdir
 
+from dagster_nix_builder import nixpkgs_versions
 from dagster_nix_builder.errors import NixEvalError
 from dagster_nix_builder.graph import load_package_graph
 from dagster_nix_builder.nix_cli import NixCli
@@ -209,3 +210,17 @@ def test_a_dependency_absent_from_the_lock_names_the_command_that_adds_it(nix_co
     assert "undefined variable 'asyncpg'" in text
     assert "nix/packages/dagster-postgres.nix" in text
     assert "/usr/bin/python3 nix/bootstrap/lock.py" in text
+
+
+def test_the_committed_lock_covers_what_the_package_set_asks_of_python3packages():
+    """Every python3Packages attribute an expression names is a locked wheel of every target, and no package of
+    the set is locked as a wheel (the lock was made from the set: `lock.py` with no package list of its own)."""
+    facts = nixpkgs_versions.package_set_facts(NIX_DIR)
+    asked = {attr for package in facts.values() for attr in package["dependencies"]} | {"hatchling", "setuptools"}
+    own = set(requirements(NIX_DIR)["own"])
+    lock = json.loads((NIX_DIR / "bootstrap" / "wheels.json").read_text())
+    assert lock["dagster"] == requirements(NIX_DIR)["version"]
+    for target, locked in lock["targets"].items():
+        wheels = set(locked["wheels"])
+        assert asked <= wheels, (target, sorted(asked - wheels))
+        assert not own & wheels, (target, sorted(own & wheels))
