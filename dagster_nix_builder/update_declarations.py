@@ -53,7 +53,7 @@ Declarations = dict[str, Declaration]
 
 def _expression(cli: NixCli, source_attr: str, pins: Sequence[Pins]) -> str:
     """A function of the package set's arguments: for each pins, the declarations with the version every
-    scheme the set uses (or `dagster-src.versionSchemes`, when it says) gives at those pins."""
+    scheme of `dagster-src.versionSchemes` gives at those pins."""
     directory = json.dumps(cli.package_dir)
     candidates = " ".join(f"({pins_nix_expression(p)})" for p in pins)
     return f"""{{ ... }}@args:
@@ -65,16 +65,9 @@ let
       found = tryEval (getAttr {json.dumps(source_attr)} set);
       src = if set ? {json.dumps(source_attr)} && found.success then found.value else {{ }};
       declared = src.declarations or {{ }};
-      # The schemes: dagster-src.versionSchemes when it exports them; else the ones the set uses and the ones
-      # dagster-src.package names when refusing an unknown one ("must be one of \"dagster\", ...").
+      # The schemes dagster-src knows (a tree that exports none: the ones the set uses).
       used = map (d: d.versionScheme) (attrValues declared);
-      refusal = tryEval (src.package {{ path = "x"; distribution = "x"; versionScheme = "?"; }}).dagsterPackage.problem;
-      listed = if refusal.success && builtins.isString refusal.value
-        then builtins.match ".*must be one of (.*), not .*" refusal.value else null;
-      named = if listed == null then [ ]
-        else map builtins.fromJSON (builtins.filter builtins.isString (builtins.split ", " (builtins.head listed)));
-      schemes = src.versionSchemes or (builtins.attrNames (listToAttrs
-        (map (s: {{ name = s; value = null; }}) (used ++ named))));
+      schemes = src.versionSchemes or (builtins.attrNames (listToAttrs (map (s: {{ name = s; value = null; }}) used)));
       # The version a scheme gives this package at these pins, as dagster-src.package derives it (null:
       # that scheme gives none here, e.g. "library" of a Dagster that is not 1.x).
       versionIn = d: scheme:

@@ -243,7 +243,7 @@ let
   allDeclarations = if dagsterDeclarations != null then dagsterDeclarations else readDeclarations ./.;
 in
 tree // {
-  inherit version subdir package nameSafe sdists versionFor;
+  inherit version subdir package nameSafe sdists versionFor versionSchemes;
   # attr -> declaration, as the packages made them (the update job, the lock and the sensors read these).
   declarations = allDeclarations;
   sourceMode = dagsterSource;
