@@ -43,7 +43,7 @@ from dagster_nix_builder.pins import (
 )
 from dagster_nix_builder.update_build import check, rebuild
 from dagster_nix_builder.update_commit import changed_files, commit, open_repo, refuse_dirty
-from dagster_nix_builder.update_declarations import Declarations, distributions
+from dagster_nix_builder.update_declarations import Declarations, distributions, read_declarations
 from dagster_nix_builder.update_hash import (
     VERSION_FILE,
     HashMismatch,
@@ -56,8 +56,8 @@ from dagster_nix_builder.update_hash import (
 from dagster_nix_builder.update_journal import JOURNAL_NAME, LOCK_NAME, FileJournal, exclusive
 from dagster_nix_builder.update_lock import (
     LOCK_SCRIPT_RELATIVE_PATH,
-    SOURCE_LAYOUT,
     WHEELS_LOCK_RELATIVE_PATH,
+    SourceLayout,
     WheelLock,
     lock_drift,
     source_requirements,
@@ -200,7 +200,8 @@ class Updater:
             version, tree = source_version(settings, self.repo_dir, final, log)
             final = final.with_git(version=version)
             self.step = UpdateStep.LOCK
-            lock.check(tree, target, version)
+            (declared,) = read_declarations(settings, self.repo_dir, mode, [final], UpdateStep.LOCK)
+            lock.check(tree, target, version, {d.distribution: d.path for d in declared.values() if d.problem is None})
         else:
             final = candidate.with_release(hashes=release_hashes(pins.release.hashes, hashes, log))
 
@@ -301,11 +302,11 @@ __all__ = [
     "JOURNAL_NAME",
     "LOCK_NAME",
     "LOCK_SCRIPT_RELATIVE_PATH",
-    "SOURCE_LAYOUT",
     "VERSION_FILE",
     "WHEELS_LOCK_RELATIVE_PATH",
     "DirtyFilesError",
     "HashMismatch",
+    "SourceLayout",
     "UpdateError",
     "UpdateResult",
     "UpdateSettings",

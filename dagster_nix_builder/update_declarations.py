@@ -79,7 +79,8 @@ let
       inherit (d) file path distribution versionScheme;
       problem = d.problem or null;
       version = if (d.problem or null) == null then d.version else null;
-      alternatives = listToAttrs (map (s: {{ name = s; value = versionIn d s; }}) schemes);
+      # A tree that declares but cannot derive (no `package`): no alternatives to offer.
+      alternatives = if src ? package then listToAttrs (map (s: {{ name = s; value = versionIn d s; }}) schemes) else {{ }};
     }}) declared;
 in map at [ {candidates} ]
 """

@@ -28,14 +28,9 @@ from dagster_nix_builder.update_nix import finish
 
 WHEELS_LOCK_RELATIVE_PATH = Path("nix") / "bootstrap" / "wheels.json"
 LOCK_SCRIPT_RELATIVE_PATH = Path("nix") / "bootstrap" / "lock.py"
-SOURCE_LAYOUT = {
-    "dagster": "python_modules/dagster",
-    "dagster-graphql": "python_modules/dagster-graphql",
-    "dagster-pipes": "python_modules/dagster-pipes",
-    "dagster-webserver": "python_modules/dagster-webserver",
-    "dagster-shared": "python_modules/libraries/dagster-shared",
-}
-"""Where the five packages lie in Dagster's monorepo (as `layout` in nix/packages/dagster-src.nix)."""
+SourceLayout = Mapping[str, str]
+"""distribution -> its directory in Dagster's monorepo, as the package set declares them
+(`dagster-src.package` in each package file; read by `update_declarations.read_declarations`)."""
 
 
 def _dependencies(tree: Path, directory: str) -> list[str]:
@@ -45,22 +40,24 @@ def _dependencies(tree: Path, directory: str) -> list[str]:
     return list(tomllib.loads(pyproject.read_text()).get("project", {}).get("dependencies", []))
 
 
-def source_requirements(tree: Path) -> list[str]:
-    """`[project].dependencies` of the five packages' `pyproject.toml` in `tree`, without the five themselves."""
+def source_requirements(tree: Path, layout: SourceLayout) -> list[str]:
+    """`[project].dependencies` of the set's packages' `pyproject.toml` in `tree`, without the set's own."""
     specs = [
         spec
-        for directory in SOURCE_LAYOUT.values()
+        for directory in layout.values()
         for spec in _dependencies(tree, directory)
-        if canonicalize_name(Requirement(spec).name) not in SOURCE_LAYOUT
+        if canonicalize_name(Requirement(spec).name) not in layout
     ]
     return list(dict.fromkeys(specs))
 
 
-def lock_drift(tree: Path, lock: Mapping[str, Any], python: str, machine: str) -> tuple[str, list[str]]:
+def lock_drift(
+    tree: Path, lock: Mapping[str, Any], python: str, machine: str, layout: SourceLayout
+) -> tuple[str, list[str]]:
     """What the source requires that the wheel lock does not provide, for the lock of `python` on `machine`.
 
-    Reads `[project].dependencies` of the five packages' `pyproject.toml` in `tree` (markers evaluated for
-    that target), leaves out the five themselves, and compares names and versions with the lock.
+    Reads `[project].dependencies` of the set's packages' `pyproject.toml` in `tree` (markers evaluated for
+    that target), leaves out the set's own distributions, and compares names and versions with the lock.
 
     Returns:
         The target's key, and one line per requirement the lock does not satisfy (empty: no drift).
@@ -75,13 +72,13 @@ def lock_drift(tree: Path, lock: Mapping[str, Any], python: str, machine: str) -
         "os_name": "posix", "platform_machine": machine, "extra": "",
     }  # fmt: skip
     drift = []
-    for directory in SOURCE_LAYOUT.values():
+    for directory in layout.values():
         for spec in _dependencies(tree, directory):
             req = Requirement(spec)
             if req.marker is not None and not req.marker.evaluate(environment):
                 continue
             name = canonicalize_name(req.name)
-            if name in SOURCE_LAYOUT:
+            if name in layout:
                 continue
             locked = wheels.get(name)
             if locked is None:
@@ -139,25 +136,25 @@ class WheelLock:
         )  # fmt: skip
         return proc.stdout.strip()
 
-    def check(self, tree: Path, rev: str, version: str) -> None:
+    def check(self, tree: Path, rev: str, version: str, layout: SourceLayout) -> None:
         """Git mode: the source's own requirements must be what the lock provides; when they drift, the
         lock is resolved again from those requirements (`lock.py --requirements`)."""
         if not self.path.is_file():
             return
         python, machine = self._python(), os.uname().machine
-        key, drift = lock_drift(tree, json.loads(self.path.read_text()), python, machine)
+        key, drift = lock_drift(tree, json.loads(self.path.read_text()), python, machine, layout)
         relocked = False
         lock_name, script_name = self.journal.rel(self.path), self.journal.rel(self.script)
         if drift and self.script.exists():
             self.log(f"the source at {rev} drifted from {lock_name} ({key}): " + "; ".join(drift))
             requirements = Path(self.journal.path).parent / "dagster-nix-builder-requirements.txt"
-            requirements.write_text("".join(f"{spec}\n" for spec in source_requirements(tree)))
+            requirements.write_text("".join(f"{spec}\n" for spec in source_requirements(tree, layout)))
             try:
                 self.regenerate(version, requirements=requirements)
             finally:
                 requirements.unlink(missing_ok=True)
             relocked = True
-            key, drift = lock_drift(tree, json.loads(self.path.read_text()), python, machine)
+            key, drift = lock_drift(tree, json.loads(self.path.read_text()), python, machine, layout)
         if drift:
             raise UpdateError(
                 UpdateStep.LOCK,
@@ -169,5 +166,5 @@ class WheelLock:
                  f"locked ({key})")  # fmt: skip
 
 
-__all__ = ["LOCK_SCRIPT_RELATIVE_PATH", "SOURCE_LAYOUT", "WHEELS_LOCK_RELATIVE_PATH", "WheelLock",
+__all__ = ["LOCK_SCRIPT_RELATIVE_PATH", "WHEELS_LOCK_RELATIVE_PATH", "SourceLayout", "WheelLock",
            "lock_drift", "source_requirements"]  # fmt: skip

@@ -604,7 +604,7 @@ def test_contradictory_arguments_are_refused(tmp_path: Path, kwargs: dict, messa
 def test_git_mode_refuses_a_source_whose_requirements_the_wheel_lock_lacks(fresh: dict) -> None:
     pyproject = (
         '[project]\nname = "dagster"\ndependencies = [\n  "click>=8",\n  "left-pad>=1",\n'
-        '  "tomli>=99; python_version<\'3.11\'",\n  "dagster-shared==1.2.3",\n  "pyyaml>=99",\n]\n'
+        '  "tomli>=99; python_version<\'3.11\'",\n  "dagster-cli==1.2.3",\n  "pyyaml>=99",\n]\n'
     )
     rev = fresh["upstream"].push({"python_modules/dagster/pyproject.toml": pyproject}, "new requirements")
     project = make_project(fresh["root"], fresh["upstream"])
@@ -625,7 +625,7 @@ def test_git_mode_refuses_a_source_whose_requirements_the_wheel_lock_lacks(fresh
     assert info.value.reason.startswith(
         f"the source at {rev} requires what nix/bootstrap/wheels.json does not lock for {target}"
     )
-    # Markers are evaluated for the target, and the five packages built here are not looked up.
+    # Markers are evaluated for the target, and the set's own distributions (dagster-cli) are not looked up.
     assert info.value.messages == [
         "python_modules/dagster: left-pad>=1 (not in the lock)",
         "python_modules/dagster: pyyaml>=99 (the lock has 6.0.2)",
@@ -637,7 +637,7 @@ def test_git_mode_refuses_a_source_whose_requirements_the_wheel_lock_lacks(fresh
 def test_git_mode_relocks_when_the_source_drifted_from_the_wheel_lock(fresh: dict) -> None:
     """A source that wants click<8.2 (the lock has 8.5.1): lock.py resolves the source's own requirements
     for this machine's target, through the user's pip configuration, and the update commits both files."""
-    pyproject = '[project]\nname = "dagster"\ndependencies = [\n  "click>=7,<8.2",\n  "dagster-shared==1.2.3",\n]\n'
+    pyproject = '[project]\nname = "dagster"\ndependencies = [\n  "click>=7,<8.2",\n  "dagster-cli==1.2.3",\n]\n'
     rev = fresh["upstream"].push({"python_modules/dagster/pyproject.toml": pyproject}, "an older click")
     project = make_project(fresh["root"], fresh["upstream"])
     (project / "nix" / "bootstrap").mkdir(exist_ok=True)

@@ -236,12 +236,16 @@ def main() -> None:
     if args.dagster_version is not None and not VERSION_RE.match(args.dagster_version):
         sys.exit(f"lock.py: {args.dagster_version!r} is not a version")
     targets = [Target(k) for k in (args.target or [f"{p}-{s}" for p in PYTHONS for s in SYSTEMS])]
-    package_set = package_set_requirements(args.dagster_version)
-    args.dagster_version = package_set["version"]
-    own = {normalize(name) for name in package_set["own"]}
     if args.requirements is None:
+        package_set = package_set_requirements(args.dagster_version)
+        args.dagster_version = package_set["version"]
+        own = {normalize(name) for name in package_set["own"]}
         roots = package_set["requirements"]
     else:
+        # A source's own requirements (the update job writes them without the set's own distributions).
+        if args.dagster_version is None:
+            sys.exit("lock.py: --requirements needs --dagster-version (the version the lock is labelled with)")
+        own = set()
         try:
             lines = args.requirements.read_text().splitlines()
         except OSError as e:
