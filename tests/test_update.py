@@ -398,16 +398,20 @@ def _store_inputs(drv_of_attr: str, pattern: str) -> list[Path]:
 def test_release_update_of_the_real_six_against_a_local_index(monkeypatch: pytest.MonkeyPatch) -> None:
     root = world_readable_tmpdir("dnb-release-")
     try:
-        # A local package index folder: the five sdists of 1.13.27 and the pinned third-party wheels,
+        # A local package index folder: the sdists of 1.13.27 the set declares and the pinned third-party wheels,
         # taken from the store (fetched once through the user's pip configuration), so no network here.
         index = root / "index"
         index.mkdir()
-        for out in _store_inputs("dagster-webserver", r"(\.tar\.gz|bootstrap-wheelhouse-[^/]*)\.drv$"):
+        sources = _store_inputs("dagster-src", r"\.tar\.gz\.drv$")
+        for out in [*sources, *_store_inputs("dagster-webserver", r"bootstrap-wheelhouse-[^/]*\.drv$")]:
             for f in [out] if out.is_file() else sorted(out.iterdir()):
                 shutil.copy(f, index / f.name.split("-", 1)[1] if out.is_file() else index / f.name)
         # lock.py resolves Dagster's own wheels too: the ones the package set built from those sdists.
         env = {**os.environ, "NIX_CONFIG": NIX_CONFIG}
-        for attr in ("dagster", "dagster-shared", "dagster-pipes", "dagster-graphql", "dagster-webserver"):
+        declared = json.loads(subprocess.run(
+            ["nix-instantiate", "--eval", "--strict", "--json", str(REPO_NIX), "-A", "dagster-src.declarations",
+             "--argstr", "scope", "bootstrap"], env=env, check=True, capture_output=True, text=True).stdout)
+        for attr in declared:
             dist = subprocess.run(
                 ["nix-build", str(REPO_NIX), "-A", f"{attr}.dist", "--argstr", "scope", "bootstrap", "--no-out-link"],
                 env=env, check=True, capture_output=True, text=True,
@@ -416,7 +420,7 @@ def test_release_update_of_the_real_six_against_a_local_index(monkeypatch: pytes
                 shutil.copy(wheel, index / wheel.name)
         index.chmod(0o755)
         subprocess.run(["chmod", "-R", "a+rX", str(index)], check=True)
-        assert len([f for f in index.iterdir() if f.name.endswith(".tar.gz")]) == 5
+        assert len([f for f in index.iterdir() if f.name.endswith(".tar.gz")]) == len(declared) == len(sources)
         # Every pip (the update's lookup, lock.py, the fixed-output fetches) sees only that folder.
         monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
         monkeypatch.setenv("PIP_NO_INDEX", "1")
@@ -425,6 +429,11 @@ def test_release_update_of_the_real_six_against_a_local_index(monkeypatch: pytes
         # A checkout of the project whose pins name an older release.
         project = root / "project"
         shutil.copytree(REPO_NIX, project / "nix", ignore=shutil.ignore_patterns("__pycache__"))
+        # The set builds this project too (nix/packages/dagster-nix-builder.nix takes the checkout's source).
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy(REPO_NIX.parent / name, project / name)
+        shutil.copytree(REPO_NIX.parent / "dagster_nix_builder", project / "dagster_nix_builder",
+                        ignore=shutil.ignore_patterns("__pycache__", ".local_defs_state"))
         git(project.parent, "init", "-q", "-b", "main", str(project))
         committed = json.loads((REPO_NIX / "pins.json").read_text())
         start = json.loads(json.dumps(committed))
