@@ -80,7 +80,8 @@ let
       problem = d.problem or null;
       version = if (d.problem or null) == null then d.version else null;
       # A tree that declares but cannot derive (no `package`): no alternatives to offer.
-      alternatives = if src ? package then listToAttrs (map (s: {{ name = s; value = versionIn d s; }}) schemes) else {{ }};
+      alternatives = if !(src ? package) then {{ }}
+        else listToAttrs (map (s: {{ name = s; value = versionIn d s; }}) schemes);
     }}) declared;
 in map at [ {candidates} ]
 """
