@@ -29,9 +29,10 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +49,13 @@ from dagster._core.storage.defs_state.base import DefsStateStorage
 from dagster._utils.env import using_dagster_dev
 from dagster.components import ComponentLoadContext, Model, Resolvable, StateBackedComponent
 from dagster.components.utils.defs_state import DefsStateConfig, DefsStateConfigArgs, ResolvedDefsStateConfig
-from dagster_shared.serdes.objects.models.defs_state_info import DefsStateManagementType
+from dagster_shared.serdes.objects.models.defs_state_info import LOCAL_STATE_VERSION, DefsStateManagementType
 from pydantic import Field, PrivateAttr, ValidationError, field_validator
 
 from . import graph as graph_module
 from .assets import nix_assets
 from .errors import NixConfigError
-from .graph import evaluate_package_set, graph_from_document
+from .graph import evaluate_package_set, graph_from_document, local_sources, local_sources_digest, tree_digest
 from .nix_settings import DEFAULT_HOST_PYTHON, DEFAULT_NIX_CONFIG
 from .publish import PublishSettings, publish_assets
 from .resource import NixResource
@@ -62,6 +63,7 @@ from .sensors import package_automation_condition, update_definitions
 from .translator import DagsterNixTranslator, DagsterNixTranslatorSettings
 
 STATE_FORMAT = 2  # 2: the graph as graph.nix gave it (evaluate_package_set)
+STORE_DIR = os.environ.get("NIX_STORE_DIR", "/nix/store")
 
 
 # ---- the fingerprint ----------------------------------------------------------------------------------
@@ -77,21 +79,6 @@ def _file_identity(path: str | None) -> dict[str, Any] | None:
     except OSError:
         return {"path": real, "missing": True}
     return {"path": real, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def tree_digest(directory: Path) -> str:
-    """Content hash of every file under ``directory`` (relative paths and bytes, in sorted order)."""
-    digest = hashlib.sha256()
-    for root, dirs, files in os.walk(directory):
-        dirs[:] = sorted(d for d in dirs if d != ".git")
-        for name in sorted(files):
-            path = Path(root) / name
-            digest.update(str(path.relative_to(directory)).encode() + b"\0")
-            try:
-                digest.update(hashlib.sha256(path.read_bytes()).digest())
-            except OSError as exc:  # a dangling out-link, say: its absence is its content
-                digest.update(f"unreadable: {exc.__class__.__name__}".encode())
-    return digest.hexdigest()
 
 
 def _code_digest() -> str:
@@ -188,6 +175,8 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
     )
 
     _project_root: Path | None = PrivateAttr(default=None)
+    _defs_module: tuple[str, Path] | None = PrivateAttr(default=None)  # (name, path) of the defs folder
+    _known_sources: list[dict[str, Any]] = PrivateAttr(default_factory=list)  # the last state's local sources
 
     @field_validator("nix_args", "extra_options", mode="before")
     @classmethod
@@ -204,6 +193,7 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
         except ValidationError as exc:
             raise NixConfigError(_attribute_errors(context.path, exc)) from None
         component._project_root = context.project_root
+        component._defs_module = (context.defs_module_name, context.defs_module_path)
         return component
 
     # ---- paths and the resource ----
@@ -253,8 +243,10 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
 
     # ---- state ----
 
-    def fingerprint_inputs(self) -> dict[str, Any]:
-        """What the evaluation depends on, computed without running anything."""
+    def fingerprint_inputs(self, sources: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+        """What the evaluation depends on, computed without running anything. ``sources``: the files outside
+        the package set that packages take (``passthru.localSources``, as the state's graph names them: this
+        project's own package takes its checkout's dagster_nix_builder/), hashed by their filter's rules."""
         nix_args = dict(self.nix_args or {})
         return {
             "format": STATE_FORMAT,
@@ -269,20 +261,26 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
             "nix_path": os.environ.get("NIX_PATH"),
             "platform": [sys.platform, platform.machine()],
             "code": _code_digest(),
+            "local_sources": local_sources_digest(sources),
         }
 
-    def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.fingerprint_inputs(), sort_keys=True).encode()).hexdigest()
+    def fingerprint(self, sources: Sequence[Mapping[str, Any]] = ()) -> str:
+        return hashlib.sha256(json.dumps(self.fingerprint_inputs(sources), sort_keys=True).encode()).hexdigest()
 
     def write_state_to_path(self, state_path: Path) -> None:
         """Evaluate the package set with Nix; write graph and fingerprint (a temporary file, then a rename)."""
         nix = self.nix_resource()
-        fingerprint = self.fingerprint()  # before evaluating: an edit during the evaluation is seen next time
+        # Before evaluating, so an edit during the evaluation is seen next time: with the local sources the last
+        # state named; only if the evaluation names others are those hashed after it.
+        fingerprint = self.fingerprint(self._known_sources)
+        graph = evaluate_package_set(nix)
+        if local_sources(graph) != self._known_sources:
+            fingerprint = self.fingerprint(local_sources(graph))
         document = {
             "format": STATE_FORMAT,
             "fingerprint": fingerprint,
             "nix_version": str(nix.cli().nix_version()),
-            "graph": evaluate_package_set(nix),
+            "graph": graph,
         }
         state_path.parent.mkdir(parents=True, exist_ok=True)
         temporary = state_path.with_name(f".{state_path.name}.{os.getpid()}.tmp")
@@ -300,7 +298,41 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
             return None
         return document if isinstance(document, dict) and document.get("format") == STATE_FORMAT else None
 
+    def _store_safe_state_path(self, project_root: Path) -> Path | None:
+        """Local state lives in the defs folder (``<defs>/.local_defs_state/<key>/state``), but this package
+        may run from its Nix build (tests/test_self_hosting.py), its defs folder a store path: then the state
+        goes to that folder's place in the project (``<project>/dagster_nix_builder/defs/...``), never into the
+        store. None: the framework's place."""
+        config = self.defs_state_config
+        if self._defs_module is None or config.management_type != DefsStateManagementType.LOCAL_FILESYSTEM:
+            return None
+        name, path = self._defs_module
+        if not os.path.realpath(path).startswith(STORE_DIR.rstrip("/") + "/"):
+            return None
+        key = re.sub(r"[^A-Za-z0-9._-]", "__", config.key)  # as the framework names its folder
+        return project_root.joinpath(*name.split("."), ".local_defs_state", key, "state")
+
+    async def refresh_state(self, project_root: Path) -> str:
+        state_path = self._store_safe_state_path(project_root)
+        if state_path is None:
+            return await super().refresh_state(project_root)
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        ignore = state_path.parent.parent / ".gitignore"
+        if not ignore.exists():
+            ignore.write_text("*\n")
+        self.write_state_to_path(state_path)
+        if (storage := DefsStateStorage.get()) is not None:
+            storage.set_latest_version(self.defs_state_config.key, LOCAL_STATE_VERSION)
+        return LOCAL_STATE_VERSION
+
     def _current_state(self, context: ComponentLoadContext) -> dict[str, Any] | None:
+        state_path = self._store_safe_state_path(context.project_root)
+        if state_path is not None:
+            if state_path.is_file():
+                DefinitionsLoadContext.get().add_defs_state_info(
+                    self.defs_state_config.key, LOCAL_STATE_VERSION, state_path.stat().st_ctime
+                )
+            return self.read_state(state_path)
         with DefinitionsLoadContext.get().state_path(
             self.defs_state_config, DefsStateStorage.get(), context.project_root
         ) as state_path:
@@ -315,7 +347,8 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
         load_context = DefinitionsLoadContext.get()
         state = self._current_state(context)
         forced = using_dagster_dev() and config.refresh_if_dev
-        stale = state is None or state.get("fingerprint") != self.fingerprint()
+        self._known_sources = local_sources(state["graph"]) if state else []
+        stale = state is None or state.get("fingerprint") != self.fingerprint(self._known_sources)
         # A run worker (reconstruction) builds from the state its code server loaded, fresh or not.
         if state is None or (
             (stale or forced) and load_context.load_type == DefinitionsLoadType.INITIALIZATION

@@ -5,7 +5,8 @@ and ``workspace.yaml`` through the module-level ``defs``. The package set is con
 ``defs/packages/defs.yaml`` (see :mod:`dagster_nix_builder.component`); its paths are relative to the project
 root: the directory of the ``pyproject.toml`` whose ``[tool.dg.project]`` names this package — the checkout
 holding this module (editable install), else the working directory (an installed package run from a
-checkout).
+checkout, e.g. this project's own Nix package: never a directory of the Nix store, which is read-only by
+contract; the component keeps its state in the project then, see ``NixPackageSetComponent``).
 
 ``DAGSTER_HOME``: Dagster's and dg's CLIs read a ``.env`` in the working directory before they pick the
 instance; ``scripts/setup.sh`` writes one with ``DAGSTER_HOME`` = ``<project>/.dagster_home``.
@@ -13,12 +14,14 @@ instance; ``scripts/setup.sh`` writes one with ``DAGSTER_HOME`` = ``<project>/.d
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dagster as dg
 from dagster_shared.utils.config import discover_config_file, load_toml_as_dict
 
 ROOT_MODULE = "dagster_nix_builder"
+STORE_DIR = Path(os.environ.get("NIX_STORE_DIR", "/nix/store"))
 
 
 def _is_this_project(config: Path | None) -> bool:
@@ -36,6 +39,8 @@ def _is_this_project(config: Path | None) -> bool:
 def project_root() -> Path:
     """The dg project of this code location (see the module docstring)."""
     for start in (Path(__file__).resolve().parent, Path.cwd()):
+        if start.is_relative_to(STORE_DIR):
+            continue
         config = discover_config_file(start)
         if _is_this_project(config):
             return config.parent  # type: ignore[union-attr]

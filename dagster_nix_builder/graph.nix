@@ -40,6 +40,13 @@ let
         description = t.meta.description or null;
       })
     (d.tests or (d.passthru.tests or { }));
+  # What a package takes from outside the package set (`passthru.localSources`: the rules of its
+  # builtins.path filter, e.g. this project's own package): the component hashes those files into its
+  # state's fingerprint, so an edit there re-evaluates. Read apart from the derivation, so a package whose
+  # derivation throws still names them.
+  localSourcesOf = d:
+    let tried = builtins.tryEval (let s = d.localSources or (d.passthru.localSources or null); in builtins.deepSeq s s);
+    in if tried.success then tried.value else null;
   infoOf = n:
     let d = set.${n}; in
     {
@@ -86,6 +93,7 @@ builtins.listToAttrs (map
     value = {
       file = if builtins.pathExists (fileOf n) then toString (fileOf n) else null;
       deps = depsOf n;
+      localSources = if withInfo == "1" then localSourcesOf set.${n} else null;
     } // (if withInfo == "1" then guardedInfoOf n else { });
   })
   names)

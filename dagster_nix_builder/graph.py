@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
@@ -254,6 +256,48 @@ def evaluate_package_set(nix: NixCli | HasNixCli) -> dict[str, Any]:
     package_graph_from_json(nix_dir, data)  # a cycle or a bad test name fails here, before any message query
     errors = {attr: _eval_error_of(nix, nix_dir, attr) for attr in data if data[attr].get("evalFailed")}
     return {"nix_dir": nix_dir, "packages": data, "eval_errors": errors}
+
+
+def tree_digest(path: Path, *, exclude: Iterable[str] = (), suffixes: Iterable[str] = ()) -> str:
+    """Content hash of the file ``path`` or of every file under it (relative paths and bytes, sorted order),
+    leaving out ``.git`` and any file or directory named in ``exclude`` or ending in one of ``suffixes``."""
+    skip, ends = {".git", *exclude}, tuple(suffixes)
+    digest = hashlib.sha256()
+    files = [path] if not path.is_dir() else []
+    for root, dirs, names in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if d not in skip and not d.endswith(ends))
+        files += [Path(root) / n for n in sorted(names) if n not in skip and not n.endswith(ends)]
+    for file in files:
+        digest.update(str(file.relative_to(path)).encode() + b"\0")
+        try:
+            digest.update(hashlib.sha256(file.read_bytes()).digest())
+        except OSError as exc:  # a dangling out-link, a missing file: its absence is its content
+            digest.update(f"unreadable: {exc.__class__.__name__}".encode())
+    return digest.hexdigest()
+
+
+def local_sources(document: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """What the packages of an :func:`evaluate_package_set` document take from outside the package-set
+    directory: each one's ``passthru.localSources`` (``root``, ``include``, ``exclude``, ``excludeSuffixes``:
+    the rules of its ``builtins.path`` filter, e.g. this project's own package), in a stable order."""
+    found = [info["localSources"] for info in document.get("packages", {}).values() if info.get("localSources")]
+    return sorted(found, key=lambda spec: json.dumps(spec, sort_keys=True))
+
+
+def local_sources_digest(sources: Iterable[Mapping[str, Any]]) -> str:
+    """Content hash of the files ``sources`` select, by the rules their Nix filter applies: every path of
+    ``include`` under ``root`` (a directory with all beneath it) but names in ``exclude`` (at any depth) and
+    names ending in one of ``excludeSuffixes``. Without Nix, so a component's fingerprint can include it."""
+    digest = hashlib.sha256()
+    for spec in sources:
+        digest.update(json.dumps(spec, sort_keys=True).encode())
+        exclude, suffixes = spec.get("exclude", ()), spec.get("excludeSuffixes", ())
+        for top in spec.get("include", ()):
+            path = Path(spec["root"]) / top
+            taken = path.exists() and path.name not in exclude and not path.name.endswith(tuple(suffixes))
+            digest.update(f"{top}\0".encode())
+            digest.update(tree_digest(path, exclude=exclude, suffixes=suffixes).encode() if taken else b"absent")
+    return digest.hexdigest()
 
 
 def graph_from_document(document: Mapping[str, Any]) -> NixPackageGraph:
