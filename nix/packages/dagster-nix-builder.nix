@@ -11,7 +11,12 @@ let
   inherit (builtins) any concatStringsSep elem filter head match stringLength substring;
 
   root = ../..;
-  pyproject = builtins.fromTOML (builtins.readFile (root + "/pyproject.toml"));
+  # A copy of nix/ alone (or a package set placed elsewhere) has no project around it: then this package
+  # fails to evaluate (the others are unaffected: graph.nix marks it, the asset's build names this message)
+  # and declares no requirements or local sources.
+  hasProject = builtins.pathExists (root + "/pyproject.toml") && builtins.pathExists (root + "/dagster_nix_builder");
+  pyproject = if hasProject then builtins.fromTOML (builtins.readFile (root + "/pyproject.toml")) else throw
+    "nix/packages/dagster-nix-builder.nix: this project's own package builds from the repository around the package set, but ${toString root} has no pyproject.toml and dagster_nix_builder/ (a copy of nix/ alone?)";
 
   # What the wheel is built from, relative to the repository root (with everything beneath a directory),
   # and the names never taken at any depth (caches, the component's state). dagster_nix_builder/component.py
@@ -43,7 +48,7 @@ let
     let found = match "[[:space:]]*([A-Za-z0-9][A-Za-z0-9._-]*).*" requirement; in
     if found == null then throw "nix/packages/dagster-nix-builder.nix: cannot read a name from pyproject.toml's requirement '${requirement}'"
     else normalize (head found);
-  requirements = pyproject.project.dependencies;
+  requirements = if hasProject then pyproject.project.dependencies else [ ];
   # The requirements this set builds itself (by their formal arguments, so they are the asset's edges).
   fromSet = { inherit dagster dagster-webserver; };
   dependencyOf = requirement: let name = nameOf requirement; in fromSet.${name} or python3Packages.${name};
@@ -57,7 +62,8 @@ python3Packages.buildPythonPackage {
   dependencies = map dependencyOf requirements;
   passthru = {
     # PEP 508 lines, as pyproject.toml has them: what the wheel lock must hold for this package.
-    inherit requirements localSources;
+    inherit requirements;
+    localSources = if hasProject then localSources else null;
     executables = [ ];
     tests = {
       imports = packageTests.imports {
