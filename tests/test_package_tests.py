@@ -31,6 +31,7 @@ TESTS = {
     "dagster-rest-resources": {"imports": True},
     "dagster-dg-cli": {"imports": True, "version": False},
     "dagster-postgres": {"imports": True, "postgres": False},
+    "dagster-nix-builder": {"imports": True},
 }
 ALL_TESTS = [f"{package}.tests.{name}" for package, tests in TESTS.items() for name in tests]
 NIX_ENV = {**os.environ, "NIX_CONFIG": bootstrap_nix_config(), "NIX_PATH": ""}
