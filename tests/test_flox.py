@@ -164,6 +164,12 @@ mapAttrs (n: p: p.drvPath) packages
 
 @needs_nix
 def test_flox_layout_gives_the_nix_backends_derivations(tmp_path: Path) -> None:
+    # The self package (dagster-nix-builder.nix) builds from the project around its file: .flox/pkgs/../..
+    for name in ("pyproject.toml", "README.md"):
+        (tmp_path / "project").mkdir(exist_ok=True)
+        shutil.copy2(REPO_NIX.parent / name, tmp_path / "project" / name)
+    shutil.copytree(REPO_NIX.parent / "dagster_nix_builder", tmp_path / "project" / "dagster_nix_builder",
+                    ignore=shutil.ignore_patterns("__pycache__", ".local_defs_state"))
     layout = prepare_layout(REPO_NIX, tmp_path / "project")
     expr = tmp_path / "flox-like.nix"
     expr.write_text(FLOX_LIKE_EVAL)

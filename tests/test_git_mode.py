@@ -33,6 +33,11 @@ def nix_copy() -> Iterator[Path]:
     """A private copy of nix/ in a folder Nix's build users can read (a local upstream may lie beside it)."""
     root = world_readable_tmpdir("dnb-git-mode-")
     shutil.copytree(NIX_DIR, root / "nix")
+    # The self package (nix/packages/dagster-nix-builder.nix) builds from the project around nix/.
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(NIX_DIR.parent / name, root / name)
+    shutil.copytree(NIX_DIR.parent / "dagster_nix_builder", root / "dagster_nix_builder",
+                    ignore=shutil.ignore_patterns("__pycache__", ".local_defs_state"))
     yield root / "nix"
     shutil.rmtree(root, ignore_errors=True)
 
