@@ -1,10 +1,10 @@
 """Git mode from zero, as issue 8 says it is done: a fresh clone of this project and a local bare upstream
-in Dagster's monorepo layout. The documented command pins the branch head, all six build and pass their
+in Dagster's monorepo layout. The documented command pins the branch head, the whole set builds and passes its
 checks (its passthru.tests, the webserver test included); after a push the commit sensor requests one run, whose update
 pins the new commit and commits `dagster-src: OLD -> NEW`; no file is edited by hand in between, and
 `result-dagster/bin/dagster --version` reports the source's own version.
 
-Real git, the real Nix building the real six, a real Dagster instance, the real CLI in subprocesses."""
+Real git, the real Nix building the real set, a real Dagster instance, the real CLI in subprocesses."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from repo_packages import PACKAGES
 from upstream_repo import Upstream, git, world_readable_tmpdir
 
 from dagster_nix_builder.nix_settings import bootstrap_nix_config
@@ -23,14 +24,6 @@ from dagster_nix_builder.nix_settings import bootstrap_nix_config
 REPO = Path(__file__).resolve().parent.parent
 UI_BUILD = "python_modules/dagster-webserver/dagster_webserver/webapp/build"
 BIN = Path(sys.executable).parent
-FIVE = {
-    "python_modules/dagster": "dagster",
-    "python_modules/dagster-graphql": "dagster_graphql",
-    "python_modules/dagster-pipes": "dagster_pipes",
-    "python_modules/dagster-webserver": "dagster_webserver",
-    "python_modules/libraries/dagster-shared": "dagster_shared",
-}
-
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(shutil.which("nix-build") is None, reason="Nix is not installed"),
@@ -122,14 +115,27 @@ def monorepo_upstream(root: Path) -> tuple[Upstream, str]:
 
 
 def bump_version(upstream: Upstream, old: str, new: str) -> str:
-    """A second upstream commit: all five packages at a new version (their version.py and pyproject.toml)."""
+    """A second upstream commit: every package the set declares at a new version (its pyproject.toml and
+    version.py; a library's 0.<minor+16>.<patch> too, and its pins on the others)."""
+    library_old, library_new = (f"0.{int(v.split('.')[1]) + 16}.{v.split('.')[2]}" for v in (old, new))
     files = {}
-    for path, module in FIVE.items():
-        for name in (f"{path}/{module}/version.py", f"{path}/pyproject.toml"):
-            text = (upstream.work / name).read_text()
-            assert old in text, name
-            files[name] = text.replace(old, new)
+    for path in declared_paths():
+        for file in [upstream.work / path / "pyproject.toml", *sorted((upstream.work / path).glob("*/version.py"))]:
+            text = file.read_text()
+            bumped = text.replace(old, new).replace(library_old, library_new)
+            if bumped != text:
+                files[file.relative_to(upstream.work).as_posix()] = bumped
+    assert any(name.endswith("dagster/dagster/version.py") for name in files)
     return upstream.push(files, f"version {new}")
+
+
+def declared_paths() -> list[str]:
+    """The monorepo directories of the packages the set declares (`dagster-src.package`)."""
+    env = {**os.environ, "NIX_CONFIG": bootstrap_nix_config(nix_dir=REPO / "nix"), "NIX_PATH": ""}
+    declarations = json.loads(subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", str(REPO / "nix"), "-A", "dagster-src.declarations",
+         "--argstr", "scope", "bootstrap"], capture_output=True, text=True, env=env, check=True).stdout)
+    return sorted(d["path"] for d in declarations.values())
 
 
 def run(cmd: list[str], clone: Path, env: dict[str, str], timeout: float = 1200) -> subprocess.CompletedProcess[str]:
@@ -175,8 +181,7 @@ def test_fresh_clone_pins_builds_and_follows_a_local_monorepo_upstream() -> None
         assert update_run["success"], tick.stderr[-6000:]
         assert update_run["output"]["old"] == rev1 and update_run["output"]["new"] == rev2
         assert update_run["output"]["version"] == "1.13.28"
-        assert sorted(update_run["output"]["built"]) == sorted(["dagster-src", *{
-            "dagster", "dagster-graphql", "dagster-pipes", "dagster-shared", "dagster-webserver"}])
+        assert sorted(update_run["output"]["built"]) == sorted(PACKAGES)  # all downstream of dagster-src
         assert report["again"]["requests"] == 0 and "is the pinned rev" in report["again"]["skip"]
         # The instance holds the two update runs: the command's, and the one the sensor requested.
         runs = [tuple(run) for run in report["runs_in_instance"]]
@@ -186,7 +191,7 @@ def test_fresh_clone_pins_builds_and_follows_a_local_monorepo_upstream() -> None
         assert git(clone, "log", "--format=%s", "-3").splitlines() == [
             f"dagster-src: {rev1} -> {rev2}", f"dagster-src: 1.13.27 -> {rev1}", "fresh clone"]
 
-        # 3. The README's main command materializes all six at the new pin, checks passing, out-links made.
+        # 3. The README's main command materializes the whole set at the new pin, checks passing, out-links made.
         run([str(BIN / "dagster"), "asset", "materialize", "-m", "dagster_nix_builder.definitions",
              "--select", "*"], clone, env)  # fmt: skip
         version = subprocess.run([str(clone / ".nix-results/result-dagster/bin/dagster"), "--version"],
