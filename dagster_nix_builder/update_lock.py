@@ -2,7 +2,7 @@
 the new source requires.
 
 Release mode regenerates the lock for the new release (`nix/bootstrap/lock.py --dagster-version`). Git mode
-compares the source's own requirements (`[project].dependencies` of the five packages) with the lock of
+compares the source's own requirements (`[project].dependencies` of the packages the set declares) with the lock of
 this machine's interpreter, and when they drift resolves the lock again from those requirements
 (`lock.py --requirements`); what still drifts fails the step, listed.
 """

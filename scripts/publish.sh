@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the six and publish them: a signed Nix binary cache, served on loopback by nginx, that an empty store
+# Build the package set and publish it: a signed Nix binary cache, served on loopback by nginx, that an empty store
 # substitutes from with signatures required (the `substitutes` check), each package gated by Nix's own
 # rebuild check (`reproducible`). Run after scripts/setup.sh:
 #
