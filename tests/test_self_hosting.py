@@ -33,27 +33,13 @@ STORE = "/nix/store/"
 
 pytestmark = pytest.mark.skipif(shutil.which("nix-build") is None, reason="Nix is not installed")
 
-# Run in the Nix-built environment: argv[1] the self package, argv[2] a JSON report written at exit (where
-# every loaded module came from), then `dagster ...` (argv[3:]) or, after `--python`, a script to exec.
+# Run in the Nix-built environment: argv[1] the site-packages of the self package's closure (JSON, from
+# `nix-store -qR`), argv[2] a JSON report written at exit (where every loaded module came from), then
+# `dagster ...` (argv[3:]) or, after `--python`, a script to exec.
 LAUNCHER = r"""
 import atexit, json, os, site, sys
 
-root, report = sys.argv[1], sys.argv[2]
-seen, order, queue = set(), [], [root]
-while queue:
-    path = queue.pop(0)
-    if path in seen:
-        continue
-    seen.add(path)
-    order.append(path)
-    try:
-        with open(os.path.join(path, "nix-support", "propagated-build-inputs")) as f:
-            queue.extend(f.read().split())
-    except OSError:
-        pass
-sites = [os.path.join(p, "lib", e, "site-packages") for p in order if os.path.isdir(os.path.join(p, "lib"))
-         for e in sorted(os.listdir(os.path.join(p, "lib")))
-         if e.startswith("python3") and os.path.isdir(os.path.join(p, "lib", e, "site-packages"))]
+sites, report = json.loads(sys.argv[1]), sys.argv[2]
 for directory in sites:
     site.addsitedir(directory)
 # As the Nix-built bin/dagster does: its child processes (if any) see the same closure, and write no bytecode.
@@ -168,7 +154,9 @@ def run_nix_built(python: str, self_out: str, report: Path, args: list[str], *, 
         "DAGSTER_HOME": str(home),
         "TMPDIR": os.environ.get("TMPDIR", "/tmp"),
     }  # fmt: skip
-    return subprocess.run([python, "-B", "-I", "-S", str(launcher), self_out, str(report), *args], cwd=cwd,
+    closure = subprocess.run(["nix-store", "-qR", self_out], capture_output=True, text=True, check=True).stdout.split()
+    sites = sorted(str(d) for path in closure for d in Path(path).glob("lib/python3*/site-packages") if d.is_dir())
+    return subprocess.run([python, "-B", "-I", "-S", str(launcher), json.dumps(sites), str(report), *args], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=timeout, check=False)  # fmt: skip
 
 
