@@ -66,6 +66,16 @@ let
         say("passed")
 
 
+    def reap():
+        """Collect every exited child (a server the test started, and its children once orphaned)."""
+        while True:
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    return
+            except ChildProcessError:
+                return
+
+
     def closure(root):
         """The package and, transitively, what its nix-support/propagated-build-inputs names (the
         interpreter and the Python dependencies, in the bootstrap scope and in nixpkgs alike)."""
@@ -242,16 +252,6 @@ let
         return (f"; {os.path.basename(PACKAGE)} has no {UI_BUILD} (the compiled UI), so it answers 500 on /. "
                 "Dagster's git repository does not track it; it is built from js_modules/ with Node and yarn, "
                 "which this package set does not do (the release sdists carry it)")
-
-
-    def reap():
-        """Collect every exited child: the server, and its children once they are orphaned (below)."""
-        while True:
-            try:
-                if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                    return
-            except ChildProcessError:
-                return
 
 
     def kill_group(proc):
@@ -443,16 +443,6 @@ let
         return run([os.path.join(PG_BIN, "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
                     "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-d", database, "-c", sql],
                    f"psql -c {sql!r}", timeout=120, echo=False).strip()
-
-
-    def reap():
-        """Collect every exited child: postgres, and its backends should they outlive it (below)."""
-        while True:
-            try:
-                if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                    return
-            except ChildProcessError:
-                return
 
 
     def group_gone(pgid, grace):

@@ -12,23 +12,21 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
 import textwrap
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from dagster import AssetCheckKey, AssetKey, DagsterInstance, build_sensor_context
+from local_index import pypiserver
+from test_component import write_dg_project
 from upstream_repo import NIX_CONFIG, git, world_readable_tmpdir
 
 from dagster_nix_builder.pins import read_pins
-from dagster_nix_builder.processes import popen, stop_group
 from dagster_nix_builder.sensors import build_release_sensor
 from dagster_nix_builder.update import UpdateError, UpdateSettings, UpdateStep, update
 
@@ -84,12 +82,6 @@ class TinyIndex:
     folder: Path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def tiny_index() -> Iterator[TinyIndex]:
     """A pypiserver on loopback (no fallback to another index) with dnb-tiny-core 1.13.27 and 1.13.28 and
@@ -100,26 +92,10 @@ def tiny_index() -> Iterator[TinyIndex]:
     for core, lib in (("1.13.27", "0.29.27"), ("1.13.28", "0.29.28")):
         tiny_sdist(folder, "dnb-tiny-core", core, script=True)
         tiny_sdist(folder, "dnb-tiny-lib", lib, deps=("dnb-tiny-core",))
-    port = free_port()
-    log = (root / "pypiserver.log").open("w")
-    server = popen([sys.executable, "-m", "pypiserver", "run", "-i", "127.0.0.1", "-p", str(port), "-a", ".",
-                    "-P", ".", "--disable-fallback", str(folder)],
-                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(url + "health", timeout=2).close()
-                break
-            except OSError:
-                assert server.poll() is None, (root / "pypiserver.log").read_text()
-                assert time.monotonic() < deadline, "pypiserver did not answer within 30 s"
-                time.sleep(0.1)
-        yield TinyIndex(url + "simple/", folder)
+        with pypiserver(folder, ["-a", ".", "-P", ".", "--disable-fallback"], root / "pypiserver.log") as url:
+            yield TinyIndex(url + "simple/", folder)
     finally:
-        stop_group(server)
-        log.close()
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -141,33 +117,8 @@ def release_project(root: Path, version: str = "1.13.27") -> Path:
     pins = json.loads((REPO / "nix" / "pins.json").read_text())
     pins.update(source="release", release={"version": version, "hashes": {}})
     (nix / "pins.json").write_text(json.dumps(pins, indent=2) + "\n")
-    module = project / "tinyproj"
-    (module / "defs" / "packages").mkdir(parents=True)
-    (project / "pyproject.toml").write_text(textwrap.dedent("""\
-        [project]
-        name = "tinyproj"
-        version = "0"
-
-        [tool.dg]
-        directory_type = "project"
-
-        [tool.dg.cli]
-        suppress_warnings = ["project_and_activated_venv_mismatch"]
-
-        [tool.dg.project]
-        root_module = "tinyproj"
-        """))
-    (module / "__init__.py").write_text("")
-    (module / "defs" / "__init__.py").write_text("")
-    (module / "definitions.py").write_text(
-        "from pathlib import Path\nimport dagster as dg\n\n"
-        "defs = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)\n"
-    )
-    (module / "defs" / "packages" / "defs.yaml").write_text(
-        "type: dagster_nix_builder.component.NixPackageSetComponent\nattributes:\n  package_set: nix\n"
-        "  scope: bootstrap\n  automation: false\n  include_update: true\n  nix_config: |\n"
-        + textwrap.indent(NIX_CONFIG, "    ") + "\n"
-    )
+    write_dg_project(project, "tinyproj", "package_set: nix\nscope: bootstrap\nautomation: false\n"
+                     "include_update: true\nnix_config: |\n" + textwrap.indent(NIX_CONFIG, "  ") + "\n")
     (project / ".gitignore").write_text(".venv\n.nix-results/\nhome/\n__pycache__/\n.local_defs_state/\n")
     (project / ".venv").symlink_to(Path(sys.executable).parent.parent)
     git(root, "init", "-q", "-b", "main", str(project))

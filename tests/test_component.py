@@ -36,15 +36,14 @@ TINY_KEYS = ["base", "mid", "solo", "top-level"]
 NIX_PROGRAMS = ("nix", "nix-instantiate", "nix-store", "nix-build", "nix-env")
 
 
-def make_project(root: Path, attributes: str, *, package_set: Path = TINY) -> Path:
-    """A dg project at ``root`` whose ``defs/packages/defs.yaml`` has ``attributes`` (YAML, indented by the
-    caller or not) and a copy of ``package_set`` at ``root/packages-nix``."""
-    module = root / "nixproj"
+def write_dg_project(root: Path, name: str, attributes: str) -> None:
+    """The files of a small dg project at ``root``: root module ``name``, its defs folder with one
+    ``packages/defs.yaml`` of the component with ``attributes`` (YAML)."""
+    module = root / name
     (module / "defs" / "packages").mkdir(parents=True)
-    shutil.copytree(package_set, root / "packages-nix")
-    (root / "pyproject.toml").write_text(textwrap.dedent("""\
+    (root / "pyproject.toml").write_text(textwrap.dedent(f"""\
         [project]
-        name = "nixproj"
+        name = "{name}"
         version = "0"
 
         [tool.dg]
@@ -54,7 +53,7 @@ def make_project(root: Path, attributes: str, *, package_set: Path = TINY) -> Pa
         suppress_warnings = ["project_and_activated_venv_mismatch"]
 
         [tool.dg.project]
-        root_module = "nixproj"
+        root_module = "{name}"
         """))
     (module / "__init__.py").write_text("")
     (module / "defs" / "__init__.py").write_text("")
@@ -64,8 +63,15 @@ def make_project(root: Path, attributes: str, *, package_set: Path = TINY) -> Pa
     )
     (module / "defs" / "packages" / "defs.yaml").write_text(
         "type: dagster_nix_builder.component.NixPackageSetComponent\nattributes:\n"
-        + textwrap.indent(textwrap.dedent(attributes), "  ")
+        + textwrap.indent(attributes, "  ")
     )
+
+
+def make_project(root: Path, attributes: str, *, package_set: Path = TINY) -> Path:
+    """A dg project at ``root`` whose ``defs/packages/defs.yaml`` has ``attributes`` (YAML, indented by the
+    caller or not) and a copy of ``package_set`` at ``root/packages-nix``."""
+    shutil.copytree(package_set, root / "packages-nix")
+    write_dg_project(root, "nixproj", textwrap.dedent(attributes))
     (root / ".venv").symlink_to(BIN.parent)  # dg runs the project's .venv/bin/python: this venv
     return root
 

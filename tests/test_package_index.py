@@ -7,17 +7,15 @@ import base64
 import hashlib
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from local_index import free_port, pypiserver
 from passlib.apache import HtpasswdFile
 
 from dagster_nix_builder.nix_settings import bootstrap_nix_config
@@ -28,7 +26,6 @@ from dagster_nix_builder.package_index import (
     upload_wheels,
     verify_install,
 )
-from dagster_nix_builder.processes import popen, stop_group
 
 REPO = Path(__file__).resolve().parent.parent
 USER, PASSWORD = "publisher", "s3cret-for-tests"
@@ -41,12 +38,6 @@ class Index:
     packages: Path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def index(tmp_path: Path) -> Iterator[Index]:
     """A real pypiserver on a free 127.0.0.1 port: uploads need the htpasswd user, reads are open (and unknown
@@ -56,26 +47,8 @@ def index(tmp_path: Path) -> Iterator[Index]:
     users = HtpasswdFile(str(htpasswd), new=True)
     users.set_password(USER, PASSWORD)
     users.save()
-    port = free_port()
-    log = (tmp_path / "pypiserver.log").open("w")
-    server = popen([sys.executable, "-m", "pypiserver", "run", "-i", "127.0.0.1", "-p", str(port),
-                    "-P", str(htpasswd), "-a", "update", str(packages)],
-                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(url + "health", timeout=2).close()
-                break
-            except OSError:
-                assert server.poll() is None, (tmp_path / "pypiserver.log").read_text()
-                assert time.monotonic() < deadline, "pypiserver did not answer within 30 s"
-                time.sleep(0.1)
+    with pypiserver(packages, ["-P", str(htpasswd), "-a", "update"], tmp_path / "pypiserver.log") as url:
         yield Index(url, url + "simple/", packages)
-    finally:
-        stop_group(server)
-        log.close()
 
 
 def make_wheel(directory: Path, version: str = "1.0", flavour: str = "", name: str = "tiny_pub") -> Path:
