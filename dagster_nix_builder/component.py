@@ -56,6 +56,7 @@ from . import graph as graph_module
 from .assets import nix_assets
 from .errors import NixConfigError
 from .graph import evaluate_package_set, graph_from_document, local_sources, local_sources_digest, tree_digest
+from .nix_output import nix_store_dir
 from .nix_settings import DEFAULT_HOST_PYTHON, DEFAULT_NIX_CONFIG
 from .publish import PublishSettings, publish_assets
 from .resource import NixResource
@@ -63,7 +64,6 @@ from .sensors import package_automation_condition, update_definitions
 from .translator import DagsterNixTranslator, DagsterNixTranslatorSettings
 
 STATE_FORMAT = 2  # 2: the graph as graph.nix gave it (evaluate_package_set)
-STORE_DIR = os.environ.get("NIX_STORE_DIR", "/nix/store")
 
 
 # ---- the fingerprint ----------------------------------------------------------------------------------
@@ -307,7 +307,7 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
         if self._defs_module is None or config.management_type != DefsStateManagementType.LOCAL_FILESYSTEM:
             return None
         name, path = self._defs_module
-        if not os.path.realpath(path).startswith(STORE_DIR.rstrip("/") + "/"):
+        if not os.path.realpath(path).startswith(nix_store_dir().rstrip("/") + "/"):
             return None
         key = re.sub(r"[^A-Za-z0-9._-]", "__", config.key)  # as the framework names its folder
         return project_root.joinpath(*name.split("."), ".local_defs_state", key, "state")

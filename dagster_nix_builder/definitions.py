@@ -14,14 +14,14 @@ instance; ``scripts/setup.sh`` writes one with ``DAGSTER_HOME`` = ``<project>/.d
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import dagster as dg
 from dagster_shared.utils.config import discover_config_file, load_toml_as_dict
 
+from .nix_output import nix_store_dir
+
 ROOT_MODULE = "dagster_nix_builder"
-STORE_DIR = Path(os.environ.get("NIX_STORE_DIR", "/nix/store"))
 
 
 def _is_this_project(config: Path | None) -> bool:
@@ -39,7 +39,7 @@ def _is_this_project(config: Path | None) -> bool:
 def project_root() -> Path:
     """The dg project of this code location (see the module docstring)."""
     for start in (Path(__file__).resolve().parent, Path.cwd()):
-        if start.is_relative_to(STORE_DIR):
+        if start.is_relative_to(nix_store_dir()):
             continue
         config = discover_config_file(start)
         if _is_this_project(config):

@@ -39,6 +39,11 @@ from .errors import NixVersionError
 MINIMUM_VERSION = (2, 8)
 DEFAULT_STORE_DIR = "/nix/store"
 
+
+def nix_store_dir() -> str:
+    """The Nix store's directory (``NIX_STORE_DIR``, as Nix reads it, else ``/nix/store``)."""
+    return os.environ.get("NIX_STORE_DIR") or DEFAULT_STORE_DIR
+
 # Nix colours its messages even in JSON; strip the escapes so logs and errors read cleanly.
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
@@ -148,7 +153,7 @@ def parse_derivation_show(stdout: str, store_dir: str | None = None) -> dict[str
     data = json.loads(stdout)
     if not isinstance(data, dict):
         raise ValueError(f"nix derivation show printed no object: {stdout[:200]!r}")
-    store_dir = store_dir or os.environ.get("NIX_STORE_DIR") or DEFAULT_STORE_DIR
+    store_dir = store_dir or nix_store_dir()
     if isinstance(data.get("derivations"), dict) and "version" in data:  # format version 4 (Nix 2.33+)
         store_dir = str(data.get("storeDir") or store_dir)
         data = data["derivations"]
