@@ -147,9 +147,20 @@ def nix_build(project: Path, attr: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+def prefetch_build_tools() -> None:
+    """The pinned wheelhouse and the build backends, through the user's own pip configuration, before pip is
+    pointed at the tiny index (which serves the tiny sdists only): a fresh machine's store has none of them."""
+    bootstrap = REPO / "nix" / "bootstrap"
+    tools = f"with (import {bootstrap} {{ }}).python3Packages; [ hatchling setuptools packaging ]"
+    proc = subprocess.run(["nix-build", "--no-out-link", "-E", tools], env={**os.environ, "NIX_CONFIG": NIX_CONFIG},
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def test_adding_a_package_is_one_file_and_the_release_update_moves_it_along(
     tiny_index: TinyIndex, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    prefetch_build_tools()
     for key, value in pip_env(tiny_index).items():
         monkeypatch.setenv(key, value)
     root = world_readable_tmpdir("dnb-add-package-")
