@@ -75,7 +75,7 @@ class NixBuild:
         # A package whose expression throws is not named to Nix: one installable that fails to evaluate
         # fails the whole command, before anything builds. It fails alone, with Nix's error (graph.py).
         self.unevaluable = [t for t in self.targets if graph[t.attr].eval_error]
-        buildable = [t.installable for t in self.targets if t not in self.unevaluable]
+        buildable = [i for t in self.targets if t not in self.unevaluable for i in self._installables(t)]
         self.command = cli.build_command(buildable, rebuild=rebuild)
         self._log = log or (lambda message: print(message, flush=True))
         self._by_drv = {self._drv(t): t for t in self.targets}
@@ -99,6 +99,13 @@ class NixBuild:
     def _drv(self, target: Target) -> str:
         package = self.graph[target.attr]
         return (package.drv_path if target.test is None else package.tests[target.test].drv_path) or ""
+
+    def _installables(self, target: Target) -> list[str]:
+        """What to name to Nix for ``target``: ``nix build <attr>`` realises the default output only, so
+        a package's other outputs are named too (a GC that kept ``out`` for a root can have taken ``dist``)."""
+        if target.test is not None:
+            return [target.installable]
+        return [target.attr, *(f"{target.attr}.{name}" for name in self.graph[target.attr].outputs if name != "out")]
 
     def _paths(self, target: Target) -> list[str]:
         package = self.graph[target.attr]

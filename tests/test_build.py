@@ -96,6 +96,24 @@ def test_a_package_whose_expression_throws_fails_alone(make_nix, tiny_dir: Path)
     assert outcomes["top-level"].status == "failed" and "mid: the pins are not usable" in outcomes["top-level"].reason
 
 
+def test_every_output_of_a_package_is_built_not_only_the_default(make_nix, tiny_dir: Path):
+    (tiny_dir / "packages" / "split.nix").write_text(
+        '{ mkPkg }: mkPkg { name = "split"; outputs = [ "out" "dist" ];\n'
+        '  script = "mkdir -p $dist; echo w > $dist/w"; }\n'
+    )
+    nix = make_nix(tiny_dir)
+    first = nix.build(["split"])
+    assert "split.dist" in first.command
+    assert [o.status for o in first.wait()] == ["built"]
+    dist = first.graph["split"].outputs["dist"]
+    # A GC that kept `out` for a root (a bare `nix build`'s result link holds `out` only) takes `dist`:
+    # naming the package alone, Nix would build nothing and the package could never be reported again.
+    subprocess.run(["nix-store", "--delete", dist], check=True, capture_output=True)
+    again = nix.build(["split"])
+    assert [(o.status, o.built_now) for o in again.wait()] == [("built", True)]
+    assert Path(dist, "w").read_text() == "w\n"
+
+
 def test_packages_and_their_tests_in_one_build(make_nix):
     nix = make_nix(CHECKED, failTest="solo.version")
     build = nix.build(["base", "solo"], {"base": ["imports", "version"], "solo": ["version"]})
