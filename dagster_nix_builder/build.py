@@ -243,8 +243,11 @@ class NixBuild:
     def _probe(self) -> Iterator[Outcome]:
         """Report every pending target whose outputs are valid now (one Nix call), also those this
         process did not build: another process may have built them meanwhile."""
-        pending = [t for t in self.targets if t not in self._outcomes]
         self._last_probe = time.monotonic()
+        # Nix is asked only about targets whose outputs are all on disk: a missing path is not valid, and
+        # each query is a process that takes CPU from the builds (most probes of a cold run find nothing).
+        absent = self.cli.absent_paths([p for t in self.targets if t not in self._outcomes for p in self._paths(t)])
+        pending = [t for t in self.targets if t not in self._outcomes and not absent.intersection(self._paths(t))]
         if not pending:
             return
         valid = self._valid(pending)

@@ -174,6 +174,13 @@ class NixCli:
         proc = self.run(self.store_command("--check-validity", "--print-invalid", *paths))
         return set(proc.stdout.split())
 
+    @staticmethod
+    def absent_paths(paths: Sequence[str]) -> set[str]:
+        """The subset of ``paths`` not on disk, so certainly not valid (a valid path of the local store
+        exists). No Nix call: a quick filter before :meth:`invalid_paths`. With a store elsewhere (another
+        root, a remote store) every path may look absent: callers ask Nix in the end anyway."""
+        return {path for path in paths if not os.path.lexists(path)}
+
     def path_info(self, paths: Sequence[str]) -> dict[str, dict[str, Any]]:
         """``nix path-info --json -S``: narSize, closureSize, ... per valid path."""
         if not paths:
@@ -204,6 +211,18 @@ class NixCli:
             return False
         link.parent.mkdir(parents=True, exist_ok=True)
         self.run(self.store_command("--add-root", str(link), "--indirect", "--realise", store_path))
+        return True
+
+    def add_output_roots(self, link: Path, drv_path: str, outputs: Mapping[str, str]) -> bool:
+        """Out-links of every output of ``drv_path`` in one Nix call, nix-store's naming: ``link`` for
+        ``out``, ``link-<output>`` for each other output, each an indirect GC root. Returns whether Nix
+        was asked: nothing runs when every link is registered already (a no-op run registers nothing)."""
+        links = {name: link.with_name(link.name if name == "out" else f"{link.name}-{name}") for name in outputs}
+        if all(is_registered_root(links[name], path) for name, path in outputs.items()):
+            return False
+        link.parent.mkdir(parents=True, exist_ok=True)
+        # Realising a derivation whose outputs are valid builds nothing; it links every output.
+        self.run(self.store_command("--add-root", str(link), "--indirect", "--realise", drv_path))
         return True
 
     def check_json_inputs(self) -> None:

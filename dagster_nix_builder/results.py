@@ -121,10 +121,12 @@ def result_of(
 
 def link_outputs(cli: NixCli, package: NixPackage) -> None:
     """Out-links ``result-<attr>[-<output>]`` in the out-link folder, registered as GC roots."""
-    out_dir = Path(cli.out_link_dir).resolve()
+    link = Path(cli.out_link_dir).resolve() / f"result-{package.attr}"
+    if package.drv_path:
+        cli.add_output_roots(link, package.drv_path, package.outputs)
+        return
     for output, path in package.outputs.items():
-        suffix = "" if output == "out" else f"-{output}"
-        cli.add_root(out_dir / f"result-{package.attr}{suffix}", path)
+        cli.add_root(link.with_name(link.name + ("" if output == "out" else f"-{output}")), path)
 
 
 class PathInfo:

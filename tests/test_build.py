@@ -209,6 +209,27 @@ def test_outcomes_stream_while_nix_is_still_building(make_nix):
     assert all(seconds >= 1.0 for _, _, seconds in seen)
 
 
+def test_probes_ask_nix_only_about_outputs_on_disk(make_nix, monkeypatch):
+    nix = make_nix(sleep="1")
+    cli = nix.cli()
+    asked: list[tuple[str, bool]] = []
+    ask_nix = NixCli.invalid_paths
+
+    def invalid_paths(self, paths):
+        asked.extend((p, os.path.lexists(p)) for p in paths)
+        return ask_nix(self, paths)
+
+    monkeypatch.setattr(NixCli, "invalid_paths", invalid_paths)
+    build = NixBuild(cli, nix.load_graph(), [Target("base"), Target("mid"), Target("top-level")], log=print)
+    build.start()
+    asked.clear()  # the first question (what is valid already) is about everything
+    while_building = [o for event in build._events(idle=0.2) for o in build.handle(event)]  # ticks every 0.2 s
+    probed = list(asked)
+    assert [o.attr for o in [*while_building, *build.finish()]] == ["base", "mid", "top-level"]
+    assert while_building, "outputs valid while nix ran are reported by probes"
+    assert probed and all(on_disk for _, on_disk in probed), probed
+
+
 def test_unselected_failed_dependency_is_named(make_nix):
     (top,) = make_nix(fail="mid").build(["top-level"]).wait()
     assert top.status == "failed" and top.reason == "dependency failed: mid"

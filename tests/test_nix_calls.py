@@ -57,3 +57,25 @@ def test_noop_run_asks_nix_the_same_few_things_for_one_or_all_packages(make_nix,
     assert _kinds(again)["--add-root"] == 2
     assert os.readlink(results / "result-mid") == graph["mid"].out_path
     assert os.readlink(results / "result-solo") == graph["solo"].out_path
+
+
+def test_every_output_of_a_package_is_linked_in_one_nix_call(make_nix, tiny_dir: Path, tmp_path: Path, caplog):
+    (tiny_dir / "packages" / "split.nix").write_text(
+        '{ mkPkg }: mkPkg { name = "split"; outputs = [ "out" "dist" "doc" ]; script = "mkdir -p $dist $doc"; }\n'
+    )
+    nix = make_nix(tiny_dir)
+    graph = nix.load_graph()
+    assets = nix_assets(graph)
+    instance = DagsterInstance.ephemeral()
+    commands = _commands(caplog, lambda: materialize([assets], resources={"nix": nix}, instance=instance,
+                                                     selection=["split"]))
+    assert _kinds(commands)["--add-root"] == 1, commands
+    results = tmp_path / "results"
+    for output, link in {"out": "result-split", "dist": "result-split-dist", "doc": "result-split-doc"}.items():
+        assert os.readlink(results / link) == graph["split"].outputs[output]
+        assert os.readlink(indirect_root_path(results / link)) == str(results / link)
+    (results / "result-split-doc").unlink()
+    again = _commands(caplog, lambda: materialize([assets], resources={"nix": nix}, instance=instance,
+                                                  selection=["split"]))
+    assert _kinds(again)["--add-root"] == 1
+    assert os.readlink(results / "result-split-doc") == graph["split"].outputs["doc"]

@@ -66,6 +66,9 @@ class ReplayStore:
         self.queries += 1
         return {p for p in paths if p not in self.valid}
 
+    def absent_paths(self, paths):  # noqa: ARG002
+        return set()  # nothing of the recording is on this disk: the replayed log alone says what is valid
+
     def outputs_of(self, drv):
         return self.outputs[drv]
 
