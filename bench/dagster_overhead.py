@@ -21,11 +21,12 @@ wall-clock from spawn to exit (interpreter start, definitions load, the run, the
   (no-op only): what Dagster itself costs to report them, so ``full - shape`` is the code location's own;
 * ``trivial``: one asset that does nothing: the floor of any Dagster run.
 
-Cold means every output in the closure of the six *and* their test derivations is deleted first (fetched
-sources included), with ``bench/package_set.py``'s helper. It deletes store paths: it waits up to
---quiet-wait seconds for other nix processes to finish (and records if it gave up), never deletes a path
-a running process uses (it waits for it instead), and flags every timed run that shared the machine with
-another nix process or builder.
+Cold means every output in the closure of the packages *and* their test derivations is deleted first (fetched
+sources included; with --keep-fetched the fetches' outputs stay, so a cold run is the build work alone:
+the downloads' time varies the most between runs), with ``bench/package_set.py``'s helper. It deletes
+store paths: it waits up to --quiet-wait seconds for other nix processes to finish (and records if it
+gave up), never deletes a path a running process uses (it waits for it instead), and flags every timed
+run that shared the machine with another nix process or builder.
 
 Where a Dagster run's time goes: its event log (in the temporary DAGSTER_HOME) gives the run's phases
 (process start to RUN_START: CLI and definitions load; STEP_START to "Running: nix build": the evaluation
@@ -455,7 +456,7 @@ class Bench:
                 self.quiet = False
                 return False
             try:
-                ps.delete_everything_built(drvs)
+                ps.delete_everything_built(drvs, keep_fetched=self.args.keep_fetched)
                 break
             except ps.StorePathsInUseError as exc:
                 if attempt == 1 or attempt % 15 == 0:
@@ -520,6 +521,8 @@ def main() -> None:
     parser.add_argument("--noop-runs", type=int, default=3, help="no-op runs of each kind (median)")
     parser.add_argument("--load-runs", type=int, default=3, help="definitions loads of each set (median)")
     parser.add_argument("--packages", type=int, default=2500, help="size of the generated package set")
+    parser.add_argument("--keep-fetched", action="store_true",
+                        help="cold runs keep the fetched sources (the downloads' time varies most): builds only")
     parser.add_argument("--quiet-wait", type=float, default=900, help="max seconds to wait for other nix builds")
     parser.add_argument("--in-use-wait", type=float, default=900,
                         help="max seconds to wait for store paths in use by running processes (never forced)")
@@ -635,6 +638,7 @@ def main() -> None:
         },
         "aims": AIMS,
         "max_jobs": os.cpu_count(),
+        "keep_fetched": args.keep_fetched,
         "runs_used": {"cold_runs": args.cold_runs, "dg_cold_runs": args.dg_cold_runs if dg else 0,
                       "noop_runs": args.noop_runs, "load_runs": args.load_runs},
         "nix": ps.run(["nix", "--version"]).stdout.strip(),

@@ -60,7 +60,8 @@ def drv_paths(with_tests: bool = False) -> list[str]:
     cmd = ["nix-instantiate", str(REPO / "nix")]
     for attr in installables(with_tests):
         cmd += ["-A", attr]
-    return run(cmd, check=True).stdout.split()
+    # `-A <attr>.dist` prints `<drv>!dist`: the derivation is the same.
+    return list(dict.fromkeys(line.split("!")[0] for line in run(cmd, check=True).stdout.split()))
 
 
 # Outputs the last delete_everything_built kept because builds of others need them (see there).
@@ -82,7 +83,13 @@ def _in_use_roots() -> dict[str, str]:
     return roots
 
 
-def delete_everything_built(drvs: list[str]) -> int:
+def fixed_output_drvs(drvs: list[str]) -> set[str]:
+    """The fixed-output derivations (the fetches) in the closure of ``drvs``."""
+    closure = run(["nix-store", "-qR", *drvs], check=True).stdout.split()
+    return {d for d in closure if d.endswith(".drv") and '"outputHash"' in Path(d).read_text()}
+
+
+def delete_everything_built(drvs: list[str], keep_fetched: bool = False) -> int:
     """Delete the outputs of every derivation in the closure of ``drvs`` (fetches included); sources such
     as pybuild.py stay, as their .drv files still refer to them.
 
@@ -93,6 +100,9 @@ def delete_everything_built(drvs: list[str]) -> int:
     temporary root) is never deleted: :class:`StorePathsInUseError` names them, and the caller waits."""
     closure = run(["nix-store", "-qR", *drvs], check=True).stdout.split()
     derivations = [p for p in closure if p.endswith(".drv")]
+    if keep_fetched:  # the downloads stay: what is left is the build work alone
+        fetches = fixed_output_drvs(drvs)
+        derivations = [d for d in derivations if d not in fetches]
     outputs = run(["nix-store", "-q", "--outputs", *derivations], check=True).stdout.split()
     outputs = [p for p in outputs if os.path.exists(p)]
     if not outputs:
@@ -176,10 +186,7 @@ def main() -> None:
     targets = installables(args.with_tests)
     drvs = drv_paths(args.with_tests)
     all_drvs = run(["nix-store", "-qR", *drvs], check=True).stdout.split()
-    fixed_output = set()
-    for drv in all_drvs:
-        if drv.endswith(".drv") and '"outputHash"' in Path(drv).read_text():
-            fixed_output.add(drv)
+    fixed_output = fixed_output_drvs(drvs)
     deleted = delete_everything_built(drvs)
 
     cold, events = timed_build(args.max_jobs, targets)
