@@ -42,26 +42,16 @@ def test_installables() -> list[str]:
     return [f"{attr}.tests.{name}" for attr in PACKAGES for name in tests.get(attr, [])]
 
 
-def output_installables() -> list[str]:
-    """``<attr>.<output>`` of the packages' outputs other than ``out``: ``nix build <attr>`` realises the
-    default output only, and a Dagster run names the others too (a cold run with ``out`` kept builds them)."""
-    expr = "builtins.mapAttrs (n: p: p.outputs or [ ]) (import %s {})" % (REPO / "nix")
-    outputs = json.loads(run(["nix-instantiate", "--eval", "--json", "--strict", "-E", expr], check=True).stdout)
-    return [f"{attr}.{name}" for attr in PACKAGES for name in outputs.get(attr, []) if name != "out"]
-
-
 def installables(with_tests: bool = False) -> list[str]:
-    """The packages (every output), and with ``with_tests`` their tests too (what a Dagster run of
-    everything builds)."""
-    return [*PACKAGES, *output_installables(), *(test_installables() if with_tests else [])]
+    """The packages, and with ``with_tests`` their tests too (what a Dagster run of everything builds)."""
+    return [*PACKAGES, *(test_installables() if with_tests else [])]
 
 
 def drv_paths(with_tests: bool = False) -> list[str]:
     cmd = ["nix-instantiate", str(REPO / "nix")]
     for attr in installables(with_tests):
         cmd += ["-A", attr]
-    # `-A <attr>.dist` prints `<drv>!dist`: the derivation is the same.
-    return list(dict.fromkeys(line.split("!")[0] for line in run(cmd, check=True).stdout.split()))
+    return run(cmd, check=True).stdout.split()
 
 
 # Outputs the last delete_everything_built kept because builds of others need them (see there).

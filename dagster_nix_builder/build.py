@@ -75,7 +75,7 @@ class NixBuild:
         # A package whose expression throws is not named to Nix: one installable that fails to evaluate
         # fails the whole command, before anything builds. It fails alone, with Nix's error (graph.py).
         self.unevaluable = [t for t in self.targets if graph[t.attr].eval_error]
-        buildable = [i for t in self.targets if t not in self.unevaluable for i in self._installables(t)]
+        buildable = [t.installable for t in self.targets if t not in self.unevaluable]
         self.command = cli.build_command(buildable, rebuild=rebuild)
         self._log = log or (lambda message: print(message, flush=True))
         self._by_drv = {self._drv(t): t for t in self.targets}
@@ -100,13 +100,6 @@ class NixBuild:
         package = self.graph[target.attr]
         return (package.drv_path if target.test is None else package.tests[target.test].drv_path) or ""
 
-    def _installables(self, target: Target) -> list[str]:
-        """What to name to Nix for ``target``: ``nix build <attr>`` realises the default output only, so
-        a package's other outputs are named too (a GC that kept ``out`` for a root can have taken ``dist``)."""
-        if target.test is not None:
-            return [target.installable]
-        return [target.attr, *(f"{target.attr}.{name}" for name in self.graph[target.attr].outputs if name != "out")]
-
     def _paths(self, target: Target) -> list[str]:
         package = self.graph[target.attr]
         return list(package.outputs.values()) if target.test is None else [package.tests[target.test].out_path]
@@ -118,10 +111,16 @@ class NixBuild:
         for target in self.unevaluable:
             self._record(target, "failed", self.graph[target.attr].eval_error)
         if not self.rebuild:
-            for target in self._valid([t for t in self.targets if t not in self._outcomes]):
-                self._record(target, "valid")
+            pending = [t for t in self.targets if t not in self._outcomes]
+            invalid = self.cli.invalid_paths([p for t in pending for p in self._paths(t)])
+            for target in pending:
+                missing = invalid.intersection(self._paths(target))
+                if not missing:
+                    self._record(target, "valid")
+                elif target.test is None and len(missing) < len(self._paths(target)):
+                    self._complete(target, missing)
         if len(self._outcomes) == len(self.targets):
-            if not self.rebuild:
+            if not self.rebuild and not self._builds:
                 self._log("Every output is valid already: nothing to build, no nix build started.")
             self.returncode = 0
             return self
@@ -134,6 +133,23 @@ class NixBuild:
         for thread in self._threads:
             thread.start()
         return self
+
+    def _complete(self, target: Target, missing: set[str]) -> None:
+        """Build the missing outputs of a package some of whose outputs are valid (a GC kept ``out`` for a
+        root and took ``dist``), alone and now: ``nix build <attr>`` realises only the default output, and
+        Nix 2.8 fails a build that names ``<attr>.dist`` beside what needs ``<attr>``'s valid ``out``
+        ("requires non-existent output", NixOS/nix#6572)."""
+        package = self.graph[target.attr]
+        names = [f"{target.attr}.{name}" for name, path in package.outputs.items() if path in missing]
+        self._log(f"Building the missing outputs of {target.attr} first: {', '.join(names)}")
+        started = time.monotonic()
+        try:
+            self.cli.run(self.cli.build_command(names))
+        except NixCommandError as exc:
+            self._record(target, "failed", f"its missing outputs could not be built: {exc}")
+            return
+        self._builds[self._drv(target)] = _Build(self._drv(target), started, finished=time.monotonic())
+        self._record(target, "built")
 
     def _read_stderr(self) -> None:
         assert self.process is not None and self.process.stderr is not None
