@@ -93,6 +93,7 @@ class NixBuild:
         self._line_time = 0.0
         self._threads: list[threading.Thread] = []
         self._last_probe = 0.0
+        self._deferred: set[Target] = set()  # valid, seen by a probe before the log caught up (see _probe)
         self._started = False
 
 
@@ -251,6 +252,8 @@ class NixBuild:
             probe = self._activities[event.id] in self._by_drv
         if not self.rebuild and (probe or (tick and time.monotonic() - self._last_probe >= PROBE_INTERVAL_S)):
             yield from self._probe()
+        if self._deferred and self._queue.empty():
+            yield from self._settle_deferred()
 
     def _target_building(self) -> bool:
         """Whether Nix started building a target that is not settled yet."""
@@ -263,25 +266,33 @@ class NixBuild:
         # Nix is asked only about targets whose outputs are all on disk: a missing path is not valid, and
         # each query is a process that takes CPU from the builds (most probes of a cold run find nothing).
         absent = self.cli.absent_paths([p for t in self.targets if t not in self._outcomes for p in self._paths(t)])
-        pending = [t for t in self.targets if t not in self._outcomes and not absent.intersection(self._paths(t))]
+        pending = [t for t in self.targets if t not in self._outcomes and t not in self._deferred
+                   and not absent.intersection(self._paths(t))]
         if not pending:
             return
         valid = self._valid(pending)
         # Nix logs a build's start before its outputs become valid, and the reader thread has queued that
         # line by the time our query returns. So, with nothing queued, a valid target not seen building
-        # was not built by this nix; with lines still queued, it may have been: decide at the next probe.
+        # was not built by this nix; with lines still queued, it may have been: decided (without asking
+        # Nix again, valid stays valid) once the lines queued now are read.
         caught_up = self._queue.empty()
-        now = time.monotonic()
         for target in pending:
-            if target not in valid:
-                continue
-            build = self._builds.get(self._drv(target))
-            if build is None and not caught_up:
-                self._last_probe = 0.0
-                continue
-            if build is not None:
-                build.finished = now
-            yield self._record(target, "built" if build is not None else "valid")
+            if target in valid and (caught_up or self._drv(target) in self._builds):
+                yield self._settle(target)
+            elif target in valid:
+                self._deferred.add(target)
+
+    def _settle(self, target: Target) -> Outcome:
+        """The outcome of a valid target: built by this nix if Nix said it started building it."""
+        build = self._builds.get(self._drv(target))
+        if build is not None and build.finished is None:
+            build.finished = time.monotonic()
+        return self._record(target, "built" if build is not None else "valid")
+
+    def _settle_deferred(self) -> Iterator[Outcome]:
+        for target in [t for t in self.targets if t in self._deferred]:
+            yield self._settle(target)
+        self._deferred.clear()
 
     def _valid(self, targets: Sequence[Target]) -> set[Target]:
         invalid = self.cli.invalid_paths([p for t in targets for p in self._paths(t)])
@@ -301,6 +312,7 @@ class NixBuild:
     def finish(self) -> Iterator[Outcome]:
         """After Nix exited (``returncode`` set): the outcome of every target not settled yet. Public for
         replays (after the last :meth:`handle`)."""
+        yield from self._settle_deferred()
         rest = [t for t in self.targets if t not in self._outcomes]
         if not rest:
             return

@@ -222,7 +222,11 @@ class NixCli:
             return False
         link.parent.mkdir(parents=True, exist_ok=True)
         # Realising a derivation whose outputs are valid builds nothing; it links every output.
-        self.run(self.store_command("--add-root", str(link), "--indirect", "--realise", drv_path))
+        try:
+            self.run(self.store_command("--add-root", str(link), "--indirect", "--realise", drv_path))
+        except NixCommandError:  # the .drv itself was garbage-collected since the evaluation: one call each
+            for name, path in outputs.items():
+                self.add_root(links[name], path)
         return True
 
     def check_json_inputs(self) -> None:

@@ -281,3 +281,17 @@ def test_a_test_alone_is_reported_at_once():
     queue = ReportQueue(G, [Target("b", "imports")])
     assert [name(o) for o in queue.add(tst("b", "imports", ok=False))] == ["b.tests.imports"]
     assert set(queue.failures) == {"b.tests.imports"}
+
+
+@pytest.mark.parametrize("version_dir", RECORDED[:1], ids=lambda d: d.name)
+def test_a_target_found_valid_before_the_log_caught_up_is_settled_without_asking_nix_again(version_dir: Path):
+    graph = recorded_graph(version_dir)
+    store = ReplayStore(graph, valid=set(graph["solo"].outputs.values()))
+    build = NixBuild(store, graph, [Target("solo")], log=lambda message: None)
+    build._queue.put((0.0, b"@nix {}"))  # a line Nix wrote before the query returned, not read yet
+    assert list(build._probe()) == [] and store.queries == 1  # valid, but maybe built by this nix: wait
+    assert list(build.handle(None)) == [] and list(build.handle(None)) == []  # not caught up: no answer yet
+    build._queue.get()
+    (solo,) = build.handle(None)  # caught up, and no build of solo was seen: valid by other means
+    assert (solo.attr, solo.status, solo.built_now) == ("solo", "valid", False)
+    assert store.queries == 1  # valid stays valid: Nix was not asked again while the log was behind
