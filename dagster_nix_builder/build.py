@@ -75,7 +75,10 @@ class NixBuild:
         # A package whose expression throws is not named to Nix: one installable that fails to evaluate
         # fails the whole command, before anything builds. It fails alone, with Nix's error (graph.py).
         self.unevaluable = [t for t in self.targets if graph[t.attr].eval_error]
-        buildable = [t.installable for t in self.targets if t not in self.unevaluable]
+        # Most downstream first: Nix starts its goals in the order named, and the longest chains first make
+        # a shorter cold build (dependencies-first was 1.5-3.7 s slower in each of three paired runs of the
+        # whole set on 2 cores; downstream-first and alphabetical were even).
+        buildable = [t.installable for t in reversed(self.targets) if t not in self.unevaluable]
         self.command = cli.build_command(buildable, rebuild=rebuild)
         self._log = log or (lambda message: print(message, flush=True))
         self._by_drv = {self._drv(t): t for t in self.targets}

@@ -118,8 +118,10 @@ def test_every_output_of_a_package_is_built_not_only_the_default(make_nix, tiny_
 def test_packages_and_their_tests_in_one_build(make_nix):
     nix = make_nix(CHECKED, failTest="solo.version")
     build = nix.build(["base", "solo"], {"base": ["imports", "version"], "solo": ["version"]})
-    assert [a for a in build.command if ".tests." in a] == ["base.tests.imports", "base.tests.version",
-                                                              "solo.tests.version"]
+    # Named to Nix most downstream first (the longest chains start first); reported in dependency order.
+    assert sorted(a for a in build.command if ".tests." in a) == ["base.tests.imports", "base.tests.version",
+                                                                   "solo.tests.version"]
+    assert build.command[-5:] == [t.installable for t in reversed(build.targets)]
     outcomes = {(o.attr, getattr(o, "test", None) and o.test.name): o for o in build.wait()}
     assert len(outcomes) == 5
     assert outcomes[("base", "imports")].status == "built" and outcomes[("base", "imports")].built_now
