@@ -254,7 +254,7 @@ class NixBuild:
         elif isinstance(event, ActivityStopped) and event.id in self._activities:
             probe = self._activities[event.id] in self._by_drv
         if not self.rebuild and (probe or (tick and time.monotonic() - self._last_probe >= PROBE_INTERVAL_S)):
-            yield from self._probe()
+            yield from self._probe(building_too=probe)
         if self._deferred and self._queue.empty():
             yield from self._settle_deferred()
 
@@ -262,15 +262,18 @@ class NixBuild:
         """Whether Nix started building a target that is not settled yet."""
         return any(t not in self._outcomes for drv, t in self._by_drv.items() if drv in self._builds)
 
-    def _probe(self) -> Iterator[Outcome]:
+    def _probe(self, *, building_too: bool = True) -> Iterator[Outcome]:
         """Report every pending target whose outputs are valid now (one Nix call), also those this
-        process did not build: another process may have built them meanwhile."""
+        process did not build: another process may have built them meanwhile. ``building_too=False`` (a
+        tick): leave out the targets this nix is building, whose end the log shows (and probes)."""
         self._last_probe = time.monotonic()
         # Nix is asked only about targets whose outputs are all on disk: a missing path is not valid, and
         # each query is a process that takes CPU from the builds (most probes of a cold run find nothing).
-        absent = self.cli.absent_paths([p for t in self.targets if t not in self._outcomes for p in self._paths(t)])
-        pending = [t for t in self.targets if t not in self._outcomes and t not in self._deferred
-                   and not absent.intersection(self._paths(t))]
+        # Nix 2.8 builds in place, so a target it is building is on disk: ticks would ask about it each second.
+        candidates = [t for t in self.targets if t not in self._outcomes and t not in self._deferred
+                      and (building_too or self._drv(t) not in self._builds)]
+        absent = self.cli.absent_paths([p for t in candidates for p in self._paths(t)])
+        pending = [t for t in candidates if not absent.intersection(self._paths(t))]
         if not pending:
             return
         valid = self._valid(pending)
