@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/dagster_overhead.py [--cold-runs 2] [--noop-runs 3] [--packages 2500]
 
-Baseline: bare ``nix build -f nix <the six> <each>.tests.<name>`` (``bench/package_set.py``), with the same
+Baseline: bare ``nix build -f nix <every package> <each>.tests.<name>`` (``bench/package_set.py``), with the same
 ``--max-jobs`` as the code location's default (the cores): the same packages and the same test derivations
 (``passthru.tests``) a Dagster run of everything builds, in one ``nix build`` too.
 
@@ -10,14 +10,14 @@ Every Dagster run is the CLI a user types, in a subprocess, with a temporary ``D
 wall-clock from spawn to exit (interpreter start, definitions load, the run, the exit). Kinds of run:
 
 * ``full``: ``dagster asset materialize -m bench_full_defs --select '*'`` (the checks of selected assets are
-  included): the bench's own module, ``nix_assets`` of the six with their checks and
+  included): the bench's own module, ``nix_assets`` of the whole set with their checks and
   ``NixResource(nix_dir=<repo>/nix, out_link_dir=<temp>)``, in-process executor, as the code location;
   it evaluates the package set when it loads (no state kept);
 * ``dg``: ``dg launch --assets '*'`` in the checkout: the code location as shipped (the dg project, its
   ``NixPackageSetComponent`` with the evaluated graph kept as state, out-links in ``.nix-results``);
 * ``shipped``: ``dagster asset materialize -m dagster_nix_builder.definitions --select '*'`` (the same
   code location through the plain CLI; no-op only);
-* ``shape``: the same 6 assets and 9 checks in one multi-asset that yields their results and runs nothing
+* ``shape``: the same assets and checks in one multi-asset that yields their results and runs nothing
   (no-op only): what Dagster itself costs to report them, so ``full - shape`` is the code location's own;
 * ``trivial``: one asset that does nothing: the floor of any Dagster run.
 
@@ -35,7 +35,7 @@ and the bench's modules time every Nix command the step runs (``NixCli.run``: va
 add-root, evaluation) and the Dagster process's own CPU time.
 
 Load time: a fresh interpreter imports the bench's module (after ``import dagster``, timed apart) and
-resolves the repository, for the real six and for a generated package set of --packages packages (same
+resolves the repository, for the real set and for a generated package set of --packages packages (same
 contract as ``nix/``: ``default.nix`` discovers ``packages/*.nix``, each in callPackage convention, random
 dependencies on earlier packages, ``builtins.derivation``); also the shipped code location
 (``dagster_nix_builder.definitions``: its state is fresh, so no Nix runs). Loading only evaluates; nothing of
@@ -71,7 +71,7 @@ RESULTS = BENCH / "results" / "dagster_overhead.json"
 AIMS = {"overhead_ratio_cold_max": 1.10, "noop_minus_trivial_max_s": 0.3, "load_generated_max_s": 5.0}
 
 FULL_MODULE = '''
-"""The six packages with all their checks, configured directly (no environment, no state)."""
+"""The package set with all its checks, configured directly (no environment, no state)."""
 import atexit, json, os, resource, time
 
 from dagster import Definitions, in_process_executor
@@ -130,12 +130,12 @@ def noop() -> None:
     """Nothing."""
 
 
-defs = Definitions(assets=[noop], executor=in_process_executor)  # same executor as the six
+defs = Definitions(assets=[noop], executor=in_process_executor)  # same executor as the package set
 '''
 
 SHAPE_MODULE = '''
-"""The six's shape without Nix: the same assets (and deps) and checks, one multi-asset that yields a result
-for each and does nothing else: Dagster's own cost of reporting 6 materializations and 9 check results."""
+"""The package set's shape without Nix: the same assets (and deps) and checks, one multi-asset that yields a
+result for each and does nothing else: Dagster's own cost of reporting their materializations and check results."""
 import json, os
 
 from dagster import (AssetCheckResult, AssetCheckSpec, AssetKey, AssetSpec, Definitions, MaterializeResult,
@@ -429,7 +429,7 @@ class Bench:
         return seconds
 
     def cold(self, drvs: list[str], run, label: str) -> float | None:
-        """Delete everything the six and their tests need, then ``run()``; None if it could not be done.
+        """Delete everything the packages and their tests need, then ``run()``; None if it could not be done.
 
         Deletes only when no other nix process runs (waits up to --quiet-wait, else skips this run), and
         waits while another build holds a path or a running process uses one (never forced). A failed
@@ -465,7 +465,7 @@ class Bench:
             except SystemExit as exc:  # the helper exits with Nix's message
                 print(f"bench: deleting failed, retrying: {str(exc)[-300:]}", file=sys.stderr)
             if time.monotonic() > deadline:
-                sys.exit(f"bench: the six's store paths stayed in use for {self.args.in_use_wait:.0f}s; not forced")
+                sys.exit(f"bench: the set's store paths stayed in use for {self.args.in_use_wait:.0f}s; not forced")
             time.sleep(2)
         return True
 
@@ -537,7 +537,7 @@ def main() -> None:
         bench = Bench(work, args)
         drvs = ps.drv_paths(with_tests=True)
 
-        # The bench's Dagster runs must build exactly what bare Nix builds: the six and every test.
+        # The bench's Dagster runs must build exactly what bare Nix builds: every package and every test.
         sys.path.insert(0, str(REPO))
         from dagster_nix_builder import NixResource
 
@@ -583,11 +583,11 @@ def main() -> None:
 
         generated = work / "generated"
         edges = generate_package_set(generated, args.packages)
-        loads: dict[str, list[dict]] = {"six": [], "generated": [], "six_shipped": []}
+        loads: dict[str, list[dict]] = {"package_set": [], "generated": [], "shipped": []}
         for _ in range(args.load_runs):
-            loads["six"].append(bench.load("bench_full_defs", REPO / "nix"))
+            loads["package_set"].append(bench.load("bench_full_defs", REPO / "nix"))
             loads["generated"].append(bench.load("bench_full_defs", generated))
-            loads["six_shipped"].append(bench.load("dagster_nix_builder.definitions", REPO / "nix"))
+            loads["shipped"].append(bench.load("dagster_nix_builder.definitions", REPO / "nix"))
         quiet = bench.quiet
 
     def load_summary(runs: list[dict]) -> dict:
@@ -607,10 +607,10 @@ def main() -> None:
 
     figures = {
         "mechanism": "CLI subprocess, temp DAGSTER_HOME: full = dagster asset materialize -m bench_full_defs "
-        "--select '*' (six + all checks, NixResource(nix_dir, out_link_dir), in-process executor); dg = dg launch "
-        "--assets '*' (the shipped dg project); shipped = dagster asset materialize -m "
-        "dagster_nix_builder.definitions --select '*'; bare: nix build --max-jobs <cores> -f nix <six> "
-        "<attr>.tests.<name> (bench/package_set.py); cold: closure of the six and their tests deleted",
+        "--select '*' (every package + all checks, NixResource(nix_dir, out_link_dir), in-process executor); "
+        "dg = dg launch --assets '*' (the shipped dg project); shipped = dagster asset materialize -m "
+        "dagster_nix_builder.definitions --select '*'; bare: nix build --max-jobs <cores> -f nix <every package> "
+        "<attr>.tests.<name> (bench/package_set.py); cold: closure of the packages and their tests deleted",
         "targets": args.targets,
         "cold": {
             "bare_nix_s": bare_cold,
@@ -632,9 +632,9 @@ def main() -> None:
             "phases": {k: median_phases(v) for k, v in noop_phases.items()},
         },
         "load": {
-            "six": load_summary(loads["six"]),
+            "package_set": load_summary(loads["package_set"]),
             "generated": {**load_summary(loads["generated"]), "packages": args.packages, "edges": edges},
-            "six_shipped_state_backed": load_summary(loads["six_shipped"]),
+            "shipped_state_backed": load_summary(loads["shipped"]),
         },
         "aims": AIMS,
         "max_jobs": os.cpu_count(),

@@ -73,9 +73,8 @@ def _in_use_roots() -> dict[str, str]:
     return roots
 
 
-def fixed_output_drvs(drvs: list[str]) -> set[str]:
-    """The fixed-output derivations (the fetches) in the closure of ``drvs``."""
-    closure = run(["nix-store", "-qR", *drvs], check=True).stdout.split()
+def fixed_output_drvs(closure: list[str]) -> set[str]:
+    """The fixed-output derivations (the fetches) among the store paths ``closure``."""
     return {d for d in closure if d.endswith(".drv") and '"outputHash"' in Path(d).read_text()}
 
 
@@ -91,7 +90,7 @@ def delete_everything_built(drvs: list[str], keep_fetched: bool = False) -> int:
     closure = run(["nix-store", "-qR", *drvs], check=True).stdout.split()
     derivations = [p for p in closure if p.endswith(".drv")]
     if keep_fetched:  # the downloads stay: what is left is the build work alone
-        fetches = fixed_output_drvs(drvs)
+        fetches = fixed_output_drvs(derivations)
         derivations = [d for d in derivations if d not in fetches]
     outputs = run(["nix-store", "-q", "--outputs", *derivations], check=True).stdout.split()
     outputs = [p for p in outputs if os.path.exists(p)]
@@ -176,7 +175,7 @@ def main() -> None:
     targets = installables(args.with_tests)
     drvs = drv_paths(args.with_tests)
     all_drvs = run(["nix-store", "-qR", *drvs], check=True).stdout.split()
-    fixed_output = fixed_output_drvs(drvs)
+    fixed_output = fixed_output_drvs(all_drvs)
     deleted = delete_everything_built(drvs)
 
     cold, events = timed_build(args.max_jobs, targets)

@@ -213,20 +213,23 @@ class NixCli:
         self.run(self.store_command("--add-root", str(link), "--indirect", "--realise", store_path))
         return True
 
-    def add_output_roots(self, link: Path, drv_path: str, outputs: Mapping[str, str]) -> bool:
+    def add_output_roots(self, link: Path, drv_path: str | None, outputs: Mapping[str, str]) -> bool:
         """Out-links of every output of ``drv_path`` in one Nix call, nix-store's naming: ``link`` for
-        ``out``, ``link-<output>`` for each other output, each an indirect GC root. Returns whether Nix
-        was asked: nothing runs when every link is registered already (a no-op run registers nothing)."""
+        ``out``, ``link-<output>`` for each other output, each an indirect GC root (one call per output
+        without a derivation). Returns whether Nix was asked: nothing runs when every link is registered
+        already (a no-op run registers nothing)."""
         links = {name: link.with_name(link.name if name == "out" else f"{link.name}-{name}") for name in outputs}
         if all(is_registered_root(links[name], path) for name, path in outputs.items()):
             return False
         link.parent.mkdir(parents=True, exist_ok=True)
-        # Realising a derivation whose outputs are valid builds nothing; it links every output.
         try:
-            self.run(self.store_command("--add-root", str(link), "--indirect", "--realise", drv_path))
+            if drv_path:  # realising a derivation whose outputs are valid builds nothing; it links every output
+                self.run(self.store_command("--add-root", str(link), "--indirect", "--realise", drv_path))
+                return True
         except NixCommandError:  # the .drv itself was garbage-collected since the evaluation: one call each
-            for name, path in outputs.items():
-                self.add_root(links[name], path)
+            pass
+        for name, path in outputs.items():
+            self.add_root(links[name], path)
         return True
 
     def check_json_inputs(self) -> None:

@@ -121,12 +121,8 @@ def result_of(
 
 def link_outputs(cli: NixCli, package: NixPackage) -> None:
     """Out-links ``result-<attr>[-<output>]`` in the out-link folder, registered as GC roots."""
-    link = Path(cli.out_link_dir).resolve() / f"result-{package.attr}"
-    if package.drv_path:
-        cli.add_output_roots(link, package.drv_path, package.outputs)
-        return
-    for output, path in package.outputs.items():
-        cli.add_root(link.with_name(link.name + ("" if output == "out" else f"-{output}")), path)
+    cli.add_output_roots(Path(cli.out_link_dir).resolve() / f"result-{package.attr}", package.drv_path,
+                         package.outputs)
 
 
 class PathInfo:

@@ -79,3 +79,12 @@ def test_every_output_of_a_package_is_linked_in_one_nix_call(make_nix, tiny_dir:
                                                   selection=["split"]))
     assert _kinds(again)["--add-root"] == 1
     assert os.readlink(results / "result-split-doc") == graph["split"].outputs["doc"]
+    # Without a derivation (its .drv collected, or none known): one call per output, the same names.
+    for link in ("result-split", "result-split-dist", "result-split-doc"):
+        (results / link).unlink()
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger=command_logger.name):
+        assert nix.cli().add_output_roots(results / "result-split", None, graph["split"].outputs)
+    assert _kinds([r.getMessage() for r in caplog.records if r.name == command_logger.name])["--add-root"] == 3
+    for output, link in {"out": "result-split", "dist": "result-split-dist", "doc": "result-split-doc"}.items():
+        assert os.readlink(results / link) == graph["split"].outputs[output]
