@@ -267,13 +267,13 @@ class NixBuild:
         process did not build: another process may have built them meanwhile. ``building_too=False`` (a
         tick): leave out the targets this nix is building, whose end the log shows (and probes)."""
         self._last_probe = time.monotonic()
-        # Nix is asked only about targets whose outputs are all on disk: a missing path is not valid, and
-        # each query is a process that takes CPU from the builds (most probes of a cold run find nothing).
-        # Nix 2.8 builds in place, so a target it is building is on disk: ticks would ask about it each second.
+        # Nix is asked only about targets whose outputs may be valid by the file system's account (on disk
+        # and canonicalised): each query is a process that takes CPU from the builds, and most probes of a
+        # cold run would find nothing. Ticks leave out what this nix is building, too.
         candidates = [t for t in self.targets if t not in self._outcomes and t not in self._deferred
                       and (building_too or self._drv(t) not in self._builds)]
-        absent = self.cli.absent_paths([p for t in candidates for p in self._paths(t)])
-        pending = [t for t in candidates if not absent.intersection(self._paths(t))]
+        not_yet = self.cli.surely_invalid_paths([p for t in candidates for p in self._paths(t)])
+        pending = [t for t in candidates if not not_yet.intersection(self._paths(t))]
         if not pending:
             return
         valid = self._valid(pending)

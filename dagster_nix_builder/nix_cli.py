@@ -175,11 +175,13 @@ class NixCli:
         return set(proc.stdout.split())
 
     @staticmethod
-    def absent_paths(paths: Sequence[str]) -> set[str]:
-        """The subset of ``paths`` not on disk, so certainly not valid (a valid path of the local store
-        exists). No Nix call: a quick filter before :meth:`invalid_paths`. With a store elsewhere (another
-        root, a remote store) every path may look absent: callers ask Nix in the end anyway."""
-        return {path for path in paths if not os.path.lexists(path)}
+    def surely_invalid_paths(paths: Sequence[str]) -> set[str]:
+        """The subset of ``paths`` that cannot be valid yet, seen from the file system alone: not on disk,
+        or on disk but not canonicalised. Nix sets a path's mtime to 1 before it registers it valid, and
+        Nix 2.8 builds in place, so a path it is still building is on disk with a real mtime. No Nix call:
+        a quick filter before :meth:`invalid_paths`. With a store elsewhere (another root, a remote store)
+        every path may look absent: callers ask Nix in the end anyway."""
+        return {path for path in paths if not _canonical(path)}
 
     def path_info(self, paths: Sequence[str]) -> dict[str, dict[str, Any]]:
         """``nix path-info --json -S``: narSize, closureSize, ... per valid path."""
@@ -248,6 +250,13 @@ class NixCli:
                 ) from None
             except UnicodeDecodeError as exc:
                 raise NixPackageSetError(f"{path.resolve()}: invalid JSON: not UTF-8 ({exc.reason})") from None
+
+
+def _canonical(path: str) -> bool:
+    try:
+        return os.lstat(path).st_mtime == 1  # canonicalisePathMetaData's mtime, also of a symlink
+    except OSError:
+        return False
 
 
 def log_command(command: Sequence[str]) -> None:

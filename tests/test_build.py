@@ -233,6 +233,32 @@ def test_probes_ask_nix_only_about_outputs_on_disk(make_nix, monkeypatch):
     assert probed and all(on_disk for _, on_disk in probed), probed
 
 
+def test_a_path_nix_is_still_building_is_surely_invalid_and_a_built_one_is_not(make_nix, tiny_dir: Path):
+    # The builder makes $out, then works on: Nix 2.8 builds in place, so the path is on disk all that while.
+    (tiny_dir / "packages" / "slow.nix").write_text('{ mkPkg }: mkPkg { name = "slow"; script = "sleep 3"; }\n')
+    nix = make_nix(tiny_dir)
+    cli, graph = nix.cli(), nix.load_graph()
+    out = graph["slow"].out_path
+    build = NixBuild(cli, graph, [Target("slow")], log=print).start()
+    while_building = None
+    while build.process.poll() is None and while_building is None:
+        if os.path.lexists(out):  # with the sandbox the path appears only once built
+            while_building = (cli.surely_invalid_paths([out]), cli.invalid_paths([out]))
+        time.sleep(0.05)
+    assert [(o.attr, o.status) for o in build.wait()] == [("slow", "built")]
+    if not cli.nix_version().at_least(2, 9) and not sandboxed(cli):
+        assert while_building is not None, "Nix 2.8 without the sandbox builds in place"
+    if while_building is not None:
+        assert while_building == ({out}, {out})  # on disk, not valid, and the file system says so
+    assert cli.surely_invalid_paths([out]) == set() and cli.invalid_paths([out]) == set()
+    assert cli.surely_invalid_paths([out + "-missing"]) == {out + "-missing"}
+
+
+def sandboxed(cli: NixCli) -> bool:
+    shown = cli.run(cli.nix_command("show-config")).stdout
+    return any(line.replace(" ", "") == "sandbox=true" for line in shown.splitlines())
+
+
 def test_unselected_failed_dependency_is_named(make_nix):
     (top,) = make_nix(fail="mid").build(["top-level"]).wait()
     assert top.status == "failed" and top.reason == "dependency failed: mid"

@@ -66,7 +66,7 @@ class ReplayStore:
         self.queries += 1
         return {p for p in paths if p not in self.valid}
 
-    def absent_paths(self, paths):  # noqa: ARG002
+    def surely_invalid_paths(self, paths):  # noqa: ARG002
         return set()  # nothing of the recording is on this disk: the replayed log alone says what is valid
 
     def outputs_of(self, drv):
@@ -142,9 +142,10 @@ def test_replayed_build_with_a_failing_blocking_test(version_dir: Path):
 
 
 class InPlaceStore(ReplayStore):
-    """Nix 2.8 builds in place: the outputs of a running build are on disk before they are valid."""
+    """A file system filter that lets the outputs of a running build through (as one testing existence alone
+    would on Nix 2.8, which builds in place): only the log's events can tell them apart."""
 
-    def absent_paths(self, paths):
+    def surely_invalid_paths(self, paths):
         running = {path for drv in self._running for path in self.outputs[drv]}
         return {p for p in paths if p not in self.valid and p not in running}
 
