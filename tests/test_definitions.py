@@ -130,7 +130,11 @@ def test_cancelled_run_stops_nix_and_the_next_run_succeeds(tmp_path: Path, salt:
     deadline = time.monotonic() + 60
     while not _sleepers(f"sleep {sleep}") and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    assert _sleepers(f"sleep {sleep}"), "the build should be running"
+    if not _sleepers(f"sleep {sleep}"):
+        proc.send_signal(signal.SIGINT)  # stops nix too, if it started late
+        output, _ = proc.communicate(timeout=30)
+        raise AssertionError(f"the build should be running (exit {proc.returncode}, after "
+                             f"{time.monotonic() - deadline + 60:.0f}s): {output[-3000:]}")
     started = time.monotonic()
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=60)
