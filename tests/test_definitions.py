@@ -119,7 +119,9 @@ def _sleepers(marker: str) -> list[str]:
 
 def test_cancelled_run_stops_nix_and_the_next_run_succeeds(tmp_path: Path, salt: str):
     """A UI cancel ends in SIGINT to the run worker; do that to `dagster asset materialize`."""
-    sleep = f"41.{int(salt[:8], 16) % 10**6:06d}"  # unique: ps sees other test runs on the machine too
+    # Unique (ps sees other test runs on the machine too), and ending in 1: defs.yaml's '41.775370' reached Nix
+    # as 41.77537 (a number-like string rendered as a number), and ps never saw the marker (CI, twice).
+    sleep = f"41.{int(salt[:8], 16) % 10**6:06d}1"
     root = _project(tmp_path, salt)
     defs_yaml = root / "nixproj" / "defs" / "packages" / "defs.yaml"
     plain = defs_yaml.read_text()
