@@ -94,7 +94,7 @@ if TRACE:  # every Nix command of this process, timed (kind, seconds), and the p
                                       "start": start, "seconds": time.time() - start}) + "\\n")
 
     NixCli.run = _timed_run
-    import dagster_nix_builder.graph as _graph
+    import dagster_nix_builder.nix.graph as _graph
 
     _evaluate = _graph._evaluate
 

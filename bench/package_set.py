@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from dagster_nix_builder.nix_settings import bootstrap_nix_config
+from dagster_nix_builder.nix.settings import bootstrap_nix_config
 
 REPO = Path(__file__).resolve().parents[1]
 # The set is data: its packages are the files of nix/packages/. --six keeps to the hand-run report's six.

@@ -33,14 +33,14 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from test_binary_cache import serve_directory  # our nginx on loopback, always stopped
 
-from dagster_nix_builder import processes
-from dagster_nix_builder.binary_cache import (
+from dagster_nix_builder.nix import processes
+from dagster_nix_builder.nix.cli import NixCli
+from dagster_nix_builder.publish.binary_cache import (
     generate_signing_key,
     publish_closure,
     substitution_options,
     verify_substitution,
 )
-from dagster_nix_builder.nix_cli import NixCli
 
 
 def nar_bytes(cache: Path) -> int:

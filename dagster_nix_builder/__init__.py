@@ -1,8 +1,21 @@
-"""dagster-nix-builder: every package of a Nix package set a Dagster asset, every build a materialization."""
+"""dagster-nix-builder: every package of a Nix package set a Dagster asset, every build a materialization.
 
-from .assets import nix_assets
-from .build import NixBuild
-from .errors import (
+What a user composes is exported here (``type: dagster_nix_builder.NixPackageSetComponent`` in ``defs.yaml``;
+``nix_assets``, ``NixResource`` and the translator in Python). The layers, each a subpackage whose
+``__init__`` states what it may import: ``nix`` (no Dagster) < ``adapters`` < ``flox``, ``publish``;
+``upstream`` (on ``nix`` alone) < ``components``; this module and ``definitions`` assemble them.
+
+May import: every layer.
+"""
+
+from dagster_nix_builder.adapters.assets import nix_assets
+from dagster_nix_builder.adapters.resource import NixResource
+from dagster_nix_builder.adapters.translator import DagsterNixTranslator, DagsterNixTranslatorSettings
+from dagster_nix_builder.components.package_set import NixPackageSetComponent
+from dagster_nix_builder.flox.resource import FloxResource
+from dagster_nix_builder.nix.build import NixBuild
+from dagster_nix_builder.nix.cli import NixCli
+from dagster_nix_builder.nix.errors import (
     NixBuilderError,
     NixBuildError,
     NixCommandError,
@@ -12,15 +25,13 @@ from .errors import (
     NixNotFoundError,
     NixPackageSetError,
 )
-from .graph import NixPackage, NixPackageGraph, NixTest, load_package_graph
-from .nix_cli import NixCli
-from .outcomes import PackageOutcome, Target, TestOutcome
-from .resource import NixResource
-from .translator import DagsterNixTranslator, DagsterNixTranslatorSettings
+from dagster_nix_builder.nix.graph import NixPackage, NixPackageGraph, NixTest, load_package_graph
+from dagster_nix_builder.nix.outcomes import PackageOutcome, Target, TestOutcome
 
 __all__ = [
     "DagsterNixTranslator",
     "DagsterNixTranslatorSettings",
+    "FloxResource",
     "NixBuild",
     "NixBuildError",
     "NixBuilderError",
@@ -32,6 +43,7 @@ __all__ = [
     "NixNotFoundError",
     "NixPackage",
     "NixPackageGraph",
+    "NixPackageSetComponent",
     "NixPackageSetError",
     "NixResource",
     "NixTest",

@@ -2,11 +2,11 @@
 
 ``dg`` finds it through ``[tool.dg]`` of ``pyproject.toml``; ``dagster ... -m dagster_nix_builder.definitions``
 and ``workspace.yaml`` through the module-level ``defs``. The package set is configured in
-``defs/packages/defs.yaml`` (see :mod:`dagster_nix_builder.component`); its paths are relative to the project
-root: the directory of the ``pyproject.toml`` whose ``[tool.dg.project]`` names this package — the checkout
-holding this module (editable install), else the working directory (an installed package run from a
-checkout, e.g. this project's own Nix package: never a directory of the Nix store, which is read-only by
-contract; the component keeps its state in the project then, see ``NixPackageSetComponent``).
+``defs/packages/defs.yaml`` (see :mod:`dagster_nix_builder.components.package_set`); its paths are relative
+to the project root: the directory of the ``pyproject.toml`` whose ``[tool.dg.project]`` names this
+package — the checkout holding this module (editable install), else the working directory (an installed
+package run from a checkout, e.g. this project's own Nix package: never a directory of the Nix store, which
+is read-only by contract; the component keeps its state in the project then, see ``NixPackageSetComponent``).
 
 ``DAGSTER_HOME``: Dagster's and dg's CLIs read a ``.env`` in the working directory before they pick the
 instance; ``scripts/setup.sh`` writes one with ``DAGSTER_HOME`` = ``<project>/.dagster_home``.
@@ -19,7 +19,7 @@ from pathlib import Path
 import dagster as dg
 from dagster_shared.utils.config import discover_config_file, load_toml_as_dict
 
-from .nix_output import nix_store_dir
+from dagster_nix_builder.nix.output import nix_store_dir
 
 ROOT_MODULE = "dagster_nix_builder"
 

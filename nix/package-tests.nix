@@ -1,5 +1,5 @@
 # Tests of the built packages, each a derivation: a package's `passthru.tests` are its Dagster asset
-# checks (dagster_nix_builder/graph.nix exports them). Written against `runCommand` and `python3` only, so
+# checks (dagster_nix_builder/nix/graph.nix exports them). Written against `runCommand` and `python3` only, so
 # the same helpers serve the bootstrap scope (builtins.derivation, the host's interpreter) and nixpkgs:
 #
 #   passthru.tests = {

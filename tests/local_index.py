@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from dagster_nix_builder.processes import popen, stop_group
+from dagster_nix_builder.nix.processes import popen, stop_group
 
 
 def free_port() -> int:

@@ -26,9 +26,9 @@ from local_index import pypiserver
 from test_component import write_dg_project
 from upstream_repo import NIX_CONFIG, git, world_readable_tmpdir
 
-from dagster_nix_builder.pins import read_pins
-from dagster_nix_builder.sensors import build_release_sensor
-from dagster_nix_builder.update import UpdateError, UpdateSettings, UpdateStep, update
+from dagster_nix_builder.upstream.pins import read_pins
+from dagster_nix_builder.upstream.sensors import build_release_sensor
+from dagster_nix_builder.upstream.update.workflow import UpdateError, UpdateSettings, UpdateStep, update
 
 pytestmark = pytest.mark.skipif(shutil.which("nix") is None, reason="needs the nix CLI")
 

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO_NIX, TINY
 
-from dagster_nix_builder import processes
-from dagster_nix_builder.binary_cache import (
+from dagster_nix_builder.nix import processes
+from dagster_nix_builder.nix.cli import NixCli
+from dagster_nix_builder.publish.binary_cache import (
     CachePublishError,
     SigningKeyError,
     SubstitutionError,
@@ -30,7 +31,6 @@ from dagster_nix_builder.binary_cache import (
     read_public_key,
     verify_substitution,
 )
-from dagster_nix_builder.nix_cli import NixCli
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
 pytestmark = [

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from dagster_nix_builder import NixBuildError, NixPackageSetError, NixResource
-from dagster_nix_builder.build import NixBuild
-from dagster_nix_builder.nix_cli import NixCli
-from dagster_nix_builder.outcomes import Target
+from dagster_nix_builder.nix.build import NixBuild
+from dagster_nix_builder.nix.cli import NixCli
+from dagster_nix_builder.nix.outcomes import Target
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY = FIXTURES / "tiny"

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from dagster_nix_builder.graph import evaluate_package_set, graph_from_document, load_package_graph
-from dagster_nix_builder.resource import NixResource
+from dagster_nix_builder.adapters.resource import NixResource
+from dagster_nix_builder.nix.graph import evaluate_package_set, graph_from_document, load_package_graph
 
 pytestmark = pytest.mark.skipif(shutil.which("nix") is None, reason="nix is not installed (apt-get install nix-bin)")
 
@@ -62,7 +62,7 @@ def write_dg_project(root: Path, name: str, attributes: str) -> None:
         "defs = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)\n"
     )
     (module / "defs" / "packages" / "defs.yaml").write_text(
-        "type: dagster_nix_builder.component.NixPackageSetComponent\nattributes:\n"
+        "type: dagster_nix_builder.NixPackageSetComponent\nattributes:\n"
         + textwrap.indent(attributes, "  ")
     )
 
@@ -190,7 +190,7 @@ def test_a_fresh_state_runs_no_nix_and_an_edit_refreshes_it(tmp_path: Path, salt
 
 @pytest.mark.parametrize(("attributes", "dg_says", "load_says"), [
     ("package_set: packages-nix\nmax_job: 4\n",
-     ("{yaml}:4 - dagster_nix_builder.component.NixPackageSetComponent attributes.max_job Additional properties are "
+     ("{yaml}:4 - dagster_nix_builder.NixPackageSetComponent attributes.max_job Additional properties are "
      "not allowed ('max_job' was unexpected)"),
      "attributes.max_job at {yaml}:4"),
     ("package_set: packages-nix\ncores: two\n",  # a string passes the schema (it could be a template)
@@ -199,7 +199,7 @@ def test_a_fresh_state_runs_no_nix_and_an_edit_refreshes_it(tmp_path: Path, salt
      ("NixConfigError: {yaml}:4: attributes.cores: Input should be a valid integer, unable to parse string as an "
      "integer (got 'two')")),
     ("package_set: packages-nix\ntranslation:\n  group: nix\n",
-     "{yaml}:4 - dagster_nix_builder.component.NixPackageSetComponent attributes.translation {{'group': 'nix'}} is not",
+     "{yaml}:4 - dagster_nix_builder.NixPackageSetComponent attributes.translation {{'group': 'nix'}} is not",
      "attributes.translation.NixTranslationModel.group at {yaml}:4"),
 ])  # fmt: skip
 def test_a_bad_attribute_fails_naming_the_file_and_key(tmp_path: Path, attributes: str, dg_says: str, load_says: str):

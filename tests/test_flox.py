@@ -18,7 +18,7 @@ import pytest
 from repo_packages import PACKAGES
 
 from dagster_nix_builder import NixResource
-from dagster_nix_builder.flox import (
+from dagster_nix_builder.flox.resource import (
     FLOX_NOT_INSTALLED,
     FloxLayout,
     FloxNotFoundError,
@@ -29,7 +29,7 @@ from dagster_nix_builder.flox import (
     prepare_layout,
     validate_package_names,
 )
-from dagster_nix_builder.nix_settings import bootstrap_nix_config
+from dagster_nix_builder.nix.settings import bootstrap_nix_config
 
 REPO_NIX = Path(__file__).resolve().parent.parent / "nix"
 NIX_ENV = {**os.environ, "NIX_CONFIG": bootstrap_nix_config(), "NIX_PATH": ""}

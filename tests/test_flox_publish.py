@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dagster_nix_builder.flox_build import FloxPackageError
-from dagster_nix_builder.flox_publish import check_publish_preconditions, flox_publish_commands
+from dagster_nix_builder.flox.build import FloxPackageError
+from dagster_nix_builder.flox.publish import check_publish_preconditions, flox_publish_commands
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 

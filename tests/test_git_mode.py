@@ -17,9 +17,9 @@ from repo_packages import PACKAGES
 from upstream_repo import Upstream, world_readable_tmpdir
 
 from dagster_nix_builder import NixResource
-from dagster_nix_builder.assets import nix_assets
-from dagster_nix_builder.nix_settings import bootstrap_nix_config
-from dagster_nix_builder.pins import FAKE_HASH
+from dagster_nix_builder.adapters.assets import nix_assets
+from dagster_nix_builder.nix.settings import bootstrap_nix_config
+from dagster_nix_builder.upstream.pins import FAKE_HASH
 
 NIX_DIR = Path(__file__).resolve().parent.parent / "nix"
 REV = "0123456789abcdef0123456789abcdef01234567"

@@ -19,7 +19,7 @@ import pytest
 from repo_packages import PACKAGES
 from upstream_repo import Upstream, git, world_readable_tmpdir
 
-from dagster_nix_builder.nix_settings import bootstrap_nix_config
+from dagster_nix_builder.nix.settings import bootstrap_nix_config
 
 REPO = Path(__file__).resolve().parent.parent
 UI_BUILD = "python_modules/dagster-webserver/dagster_webserver/webapp/build"

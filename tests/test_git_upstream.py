@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from upstream_repo import Upstream, git, world_readable_tmpdir
 
-from dagster_nix_builder.git_upstream import (
+from dagster_nix_builder.upstream.lookup import (
     IndexUnreachableError,
     UpstreamError,
     latest_release,
@@ -17,7 +17,7 @@ from dagster_nix_builder.git_upstream import (
     missing_sdists,
     sdist_versions,
 )
-from dagster_nix_builder.pins import PinsError
+from dagster_nix_builder.upstream.pins import PinsError
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from dagster_nix_builder import (
     NixPackageSetError,
     NixResource,
 )
-from dagster_nix_builder.graph import store_hash
+from dagster_nix_builder.nix.graph import store_hash
 
 
 def test_tiny_graph(make_nix, tiny_dir: Path):

@@ -1,8 +1,10 @@
-"""The house: imports point down only, no cycle, no module over about 400 lines, each module imports alone."""
+"""The house: each folder of the package a layer, whose ``__init__`` says which layers it may import ("May
+import: …"); imports follow those rules, no cycle, no module over about 400 lines, each module imports alone."""
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,25 +13,36 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "dagster_nix_builder"
 MAX_LINES = 420  # "about 400"
-
-# Lower layers never import higher ones. 0: Nix, no Dagster; 1: Dagster adapters; 2: following upstream;
-# 3: the assembly (component, definitions, CLI).
-LAYERS = {
-    0: ("errors", "processes", "log_format", "nix_output", "nix_settings", "nix_cli", "graph", "outcomes", "build",
-        "reporting", "flox_build", "nixpkgs_versions", "binary_cache", "package_index",
-        "reproducible", "provenance", "flox_publish"),
-    1: ("translator", "results", "resource", "assets", "flox", "publish"),
-    2: ("pins", "git_upstream", "update", "update_*", "upstream", "upstream.*", "sensors"),
-    3: ("component", "definitions", "defs", "defs.*", "cli", "__main__", "__init__"),
-}
+PURE_NIX_LAYER = "nix"  # its modules import no Dagster
+TOP = "dagster_nix_builder"  # the top-level modules (__init__, definitions): the assembly
+RULE = re.compile(r"^May import: (.+)\.$", re.MULTILINE)
 
 
-def layer_of(module: str) -> int:
-    for layer, patterns in LAYERS.items():
-        for pattern in patterns:
-            if module == pattern or (pattern.endswith("*") and module.startswith(pattern[:-1])):
-                return layer
-    raise AssertionError(f"module {module} is in no layer of tests/test_layers.py: give it one")
+def layer_of(module: str) -> str:
+    """A module's layer is the folder it lives in under the package (its subpackages included), or the top."""
+    first = module.split(".")[0]
+    return first if (PACKAGE / first / "__init__.py").is_file() else TOP
+
+
+def layers() -> dict[str, set[str]]:
+    """Each layer and the layers it may import, read from the ``May import:`` line of its ``__init__``."""
+    folders = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
+    rules = {}
+    for layer in [TOP, *folders]:
+        init = PACKAGE / "__init__.py" if layer == TOP else PACKAGE / layer / "__init__.py"
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        found = RULE.findall(doc)
+        assert len(found) == 1, f"{init}: its docstring should say once what the layer may import ('May import: ….')"
+        rule = found[0]
+        if rule == "nothing else of this package":
+            rules[layer] = set()
+        elif rule == "every layer":
+            rules[layer] = set(folders) - {layer}
+        else:
+            rules[layer] = {name.strip() for name in rule.split(",")}
+            unknown = rules[layer] - set(folders)
+            assert not unknown, f"{init}: 'May import:' names {sorted(unknown)}, which are no folders of {PACKAGE}"
+    return rules
 
 
 def modules() -> dict[str, Path]:
@@ -75,13 +88,31 @@ def internal_imports(name: str, path: Path) -> list[tuple[str, bool]]:
     return [(t, nested) for t, nested in out if t in known]
 
 
-def test_every_module_has_a_layer_and_imports_point_down():
+def test_the_layers_point_down():
+    """The rules themselves: no layer may import one that may import it back (through others)."""
+    rules = layers()
+    assert rules[PURE_NIX_LAYER] == set(), f"{PURE_NIX_LAYER}/ is the bottom: it may import nothing else"
+
+    def below(layer: str, seen: tuple[str, ...]) -> None:
+        for lower in sorted(rules[layer]):
+            assert lower not in seen, "layers that may import each other: " + " -> ".join([*seen, lower])
+            below(lower, (*seen, lower))
+
+    for layer in rules:
+        below(layer, (layer,))
+
+
+def test_every_module_imports_its_own_layer_and_those_its_layer_may():
+    rules = layers()
     wrong = []
     for name, path in modules().items():
+        own = layer_of(name)
         for target, _ in internal_imports(name, path):
-            if layer_of(target) > layer_of(name):
-                wrong.append(f"{name} (layer {layer_of(name)}) imports {target} (layer {layer_of(target)})")
-    assert not wrong, "imports that point up:\n" + "\n".join(wrong)
+            other = layer_of(target)
+            if other != own and other not in rules[own]:
+                allowed = sorted(rules[own]) or "nothing"
+                wrong.append(f"{name} ({own}/, may import {allowed}) imports {target} ({other}/)")
+    assert not wrong, "imports its layer does not allow:\n" + "\n".join(wrong)
 
 
 def test_no_import_cycle_and_no_import_inside_a_function():
@@ -110,8 +141,10 @@ def test_no_import_cycle_and_no_import_inside_a_function():
 
 
 def test_the_nix_layer_imports_no_dagster():
+    doc = ast.get_docstring(ast.parse((PACKAGE / PURE_NIX_LAYER / "__init__.py").read_text())) or ""
+    assert "no Dagster import" in doc, "the Nix layer's docstring states its rule"
     for name, path in modules().items():
-        if layer_of(name) != 0:
+        if layer_of(name) != PURE_NIX_LAYER:
             continue
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):

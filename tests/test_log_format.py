@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from dagster_nix_builder.log_format import (
+from dagster_nix_builder.nix.log_format import (
     ActivityProgress,
     ActivityResult,
     ActivityStarted,

@@ -7,7 +7,7 @@ from pathlib import Path
 from dagster import DagsterInstance, materialize
 
 from dagster_nix_builder import nix_assets
-from dagster_nix_builder.nix_cli import command_logger, indirect_root_path
+from dagster_nix_builder.nix.cli import command_logger, indirect_root_path
 
 
 def _commands(caplog, run) -> list[str]:

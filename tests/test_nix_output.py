@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from dagster_nix_builder.errors import NixVersionError
-from dagster_nix_builder.log_format import (
+from dagster_nix_builder.nix.errors import NixVersionError
+from dagster_nix_builder.nix.log_format import (
     ActivityStarted,
     ActivityType,
     BuildLogLine,
@@ -22,7 +22,7 @@ from dagster_nix_builder.log_format import (
     error_messages,
     parse_line,
 )
-from dagster_nix_builder.nix_output import (
+from dagster_nix_builder.nix.output import (
     message_position,
     parse_build_json,
     parse_derivation_show,

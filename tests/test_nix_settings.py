@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dagster_nix_builder.nix_settings import (
+from dagster_nix_builder.nix.settings import (
     DEFAULT_NIX_CONFIG,
     bootstrap_sandbox_paths,
     local_upstreams,

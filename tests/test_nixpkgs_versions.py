@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from repo_packages import PACKAGES
 
-from dagster_nix_builder import nixpkgs_versions as nv
+from dagster_nix_builder.nix import nixpkgs_versions as nv
 
 REPO = Path(__file__).resolve().parent.parent
 NIX_DIR = REPO / "nix"

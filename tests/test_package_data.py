@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from upstream_repo import Upstream, world_readable_tmpdir
 
-from dagster_nix_builder import nixpkgs_versions
-from dagster_nix_builder.errors import NixEvalError
-from dagster_nix_builder.graph import load_package_graph
-from dagster_nix_builder.nix_cli import NixCli
-from dagster_nix_builder.nix_settings import bootstrap_nix_config
-from dagster_nix_builder.pins import FAKE_HASH
+from dagster_nix_builder.nix import nixpkgs_versions
+from dagster_nix_builder.nix.cli import NixCli
+from dagster_nix_builder.nix.errors import NixEvalError
+from dagster_nix_builder.nix.graph import load_package_graph
+from dagster_nix_builder.nix.settings import bootstrap_nix_config
+from dagster_nix_builder.upstream.pins import FAKE_HASH
 
 REPO = Path(__file__).resolve().parents[1]
 NIX_DIR = REPO / "nix"

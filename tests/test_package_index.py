@@ -18,8 +18,8 @@ import pytest
 from local_index import free_port, pypiserver
 from passlib.apache import HtpasswdFile
 
-from dagster_nix_builder.nix_settings import bootstrap_nix_config
-from dagster_nix_builder.package_index import (
+from dagster_nix_builder.nix.settings import bootstrap_nix_config
+from dagster_nix_builder.publish.package_index import (
     IndexUploadError,
     InstallVerificationError,
     index_files,

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from repo_packages import PACKAGES, SIX
 
-from dagster_nix_builder.nix_settings import DEFAULT_NIX_CONFIG, bootstrap_nix_config
+from dagster_nix_builder.nix.settings import DEFAULT_NIX_CONFIG, bootstrap_nix_config
 
 REPO = Path(__file__).resolve().parents[1]
 NIX_DIR = REPO / "nix"

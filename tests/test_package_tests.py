@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from dagster_nix_builder.nix_settings import bootstrap_nix_config
+from dagster_nix_builder.nix.settings import bootstrap_nix_config
 
 REPO = Path(__file__).resolve().parents[1]
 NIX_DIR = REPO / "nix"
-GRAPH_NIX = REPO / "dagster_nix_builder" / "graph.nix"
+GRAPH_NIX = REPO / "dagster_nix_builder" / "nix" / "graph.nix"
 # The checks of each package: (blocking) per test name.
 TESTS = {
     "dagster-src": {},

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dagster_nix_builder.pins import (
+from dagster_nix_builder.upstream.pins import (
     FAKE_HASH,
     Pins,
     PinsError,
@@ -125,7 +125,7 @@ def test_failed_write_leaves_original_and_no_temp(tmp_path: Path) -> None:
 
 _KILLED_WRITER = """
 import sys, time
-from dagster_nix_builder.pins import atomic_write_bytes
+from dagster_nix_builder.upstream.pins import atomic_write_bytes
 def wait(tmp):
     print(tmp, flush=True)
     time.sleep(60)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dagster_nix_builder.nix_settings import bootstrap_nix_config
+from dagster_nix_builder.nix.settings import bootstrap_nix_config
 
 REPO = Path(__file__).resolve().parents[1]
 NIX_DIR = REPO / "nix"

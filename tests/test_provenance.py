@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from conftest import REPO_NIX
 
-from dagster_nix_builder import results
-from dagster_nix_builder.graph import NixPackage, NixPackageGraph
-from dagster_nix_builder.nix_cli import NixCli
-from dagster_nix_builder.nix_output import parse_path_info
-from dagster_nix_builder.provenance import (
+from dagster_nix_builder.adapters import results
+from dagster_nix_builder.nix.cli import NixCli
+from dagster_nix_builder.nix.graph import NixPackage, NixPackageGraph
+from dagster_nix_builder.nix.output import parse_path_info
+from dagster_nix_builder.publish.provenance import (
     SCHEMA,
     ProvenanceError,
     describe_source,

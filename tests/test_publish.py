@@ -16,8 +16,8 @@ from test_binary_cache import NGINX, serve_directory
 from test_package_index import PASSWORD, USER, Index, index  # noqa: F401 - the index fixture
 
 from dagster_nix_builder import NixResource, nix_assets
-from dagster_nix_builder.binary_cache import generate_signing_key
-from dagster_nix_builder.publish import PublishSettings, publish_assets, published_key
+from dagster_nix_builder.publish.assets import PublishSettings, publish_assets, published_key
+from dagster_nix_builder.publish.binary_cache import generate_signing_key
 
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (apt-get install nginx)")
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from dagster_nix_builder.build import NixBuild
-from dagster_nix_builder.graph import NixPackage, NixPackageGraph, NixTest, package_graph_from_json
-from dagster_nix_builder.log_format import ActivityProgress, ActivityStarted, ActivityType, parse_line
-from dagster_nix_builder.outcomes import PackageOutcome, Target, TestOutcome
-from dagster_nix_builder.reporting import ReportQueue
+from dagster_nix_builder.nix.build import NixBuild
+from dagster_nix_builder.nix.graph import NixPackage, NixPackageGraph, NixTest, package_graph_from_json
+from dagster_nix_builder.nix.log_format import ActivityProgress, ActivityStarted, ActivityType, parse_line
+from dagster_nix_builder.nix.outcomes import PackageOutcome, Target, TestOutcome
+from dagster_nix_builder.nix.reporting import ReportQueue
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RECORDED = sorted(d for d in FIXTURES.glob("nix-[0-9]*") if (d / "checks-graph.json").is_file())
@@ -154,7 +154,7 @@ class InPlaceStore(ReplayStore):
 def test_quiet_ticks_do_not_ask_nix_about_what_this_nix_is_building(version_dir: Path, monkeypatch):
     graph = recorded_graph(version_dir)
     targets = every_target(graph)
-    monkeypatch.setattr("dagster_nix_builder.build.PROBE_INTERVAL_S", 0.0)  # every tick may probe
+    monkeypatch.setattr("dagster_nix_builder.nix.build.PROBE_INTERVAL_S", 0.0)  # every tick may probe
 
     def replayed(ticks: bool):
         store = InPlaceStore(graph)

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO_NIX
 
-from dagster_nix_builder.graph import NixPackage, load_package_graph
-from dagster_nix_builder.nix_cli import NixCli
-from dagster_nix_builder.reproducible import (
+from dagster_nix_builder.nix.cli import NixCli
+from dagster_nix_builder.nix.graph import NixPackage, load_package_graph
+from dagster_nix_builder.publish.reproducible import (
     CHECK_SUFFIX,
     ReproducibilityError,
     check_reproducible,

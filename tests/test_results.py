@@ -7,7 +7,7 @@ import pytest
 from dagster import AssetCheckKey, AssetKey, AssetSelection, DagsterInstance, materialize
 
 from dagster_nix_builder import nix_assets
-from dagster_nix_builder.assets import check_specs_for
+from dagster_nix_builder.adapters.assets import check_specs_for
 
 CHECKED = Path(__file__).parent / "fixtures" / "checked"
 

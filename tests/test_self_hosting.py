@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from dagster_nix_builder.component import NixPackageSetComponent
-from dagster_nix_builder.graph import local_sources
-from dagster_nix_builder.nix_settings import bootstrap_nix_config
+from dagster_nix_builder.components.package_set import NixPackageSetComponent
+from dagster_nix_builder.nix.graph import local_sources
+from dagster_nix_builder.nix.settings import bootstrap_nix_config
 
 REPO = Path(__file__).resolve().parents[1]
 SELF = "dagster-nix-builder"
@@ -133,7 +133,7 @@ def test_an_edit_of_the_self_package_source_refreshes_the_state(tmp_path: Path):
     assert instantiate(project / "nix", SELF) == drv
 
     # A file the self package takes: stale, and the refreshed state has the new derivation.
-    assets = project / "dagster_nix_builder" / "assets.py"
+    assets = project / "dagster_nix_builder" / "adapters" / "assets.py"
     assets.write_text(assets.read_text() + "# edited\n")
     assert component.fingerprint(sources) != state["fingerprint"]
     component._known_sources = sources
@@ -208,7 +208,7 @@ def test_this_code_location_runs_on_the_nix_built_dagster(tmp_path: Path):
     assert proc.returncode == 0, output[-6000:]
     assert "RUN_SUCCESS" in output and "ASSET_MATERIALIZATION" in output, output[-4000:]
     modules = assert_from_the_store(report, "dagster", "dagster_nix_builder", "dagster_nix_builder.definitions",
-                                    "dagster_nix_builder.component")  # fmt: skip
+                                    "dagster_nix_builder.components.package_set")  # fmt: skip
     assert modules["dagster_nix_builder"].startswith(self_out + "/")
     print(f"materialized {SELECTED} with the Nix-built dagster in {run_seconds:.1f} s")
 
@@ -238,7 +238,7 @@ def test_this_code_location_runs_on_the_nix_built_dagster(tmp_path: Path):
     # 2. An edit of the self package's source: the next load re-evaluates, and the asset's code version is
     # the new derivation's (the state follows files outside nix/).
     before = json.loads(states[0].read_text())["graph"]["packages"][SELF]["drvPath"]
-    assets = project / "dagster_nix_builder" / "assets.py"
+    assets = project / "dagster_nix_builder" / "adapters" / "assets.py"
     assets.write_text(assets.read_text() + "# edited\n")
     expected = instantiate(nix_dir, SELF)
     assert expected != before

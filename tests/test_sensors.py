@@ -22,14 +22,14 @@ from upstream_repo import (
     world_readable_tmpdir,
 )
 
-from dagster_nix_builder.pins import read_pins, write_pins
-from dagster_nix_builder.sensors import (
+from dagster_nix_builder.upstream.pins import read_pins, write_pins
+from dagster_nix_builder.upstream.sensors import (
     UpstreamCursor,
     build_release_sensor,
     build_upstream_commit_sensor,
     update_definitions,
 )
-from dagster_nix_builder.update_job import PinUpdater, update_job
+from dagster_nix_builder.upstream.update.job import PinUpdater, update_job
 
 pytestmark = pytest.mark.skipif(shutil.which("nix") is None, reason="needs the nix CLI")
 
@@ -198,8 +198,8 @@ def test_failed_package_is_rebuilt_by_automation_once_its_dependency_is_fixed(ro
         NixResource,
         nix_assets,
     )
-    from dagster_nix_builder.sensors import package_automation_condition
-    from dagster_nix_builder.update import UpdateSettings, update
+    from dagster_nix_builder.upstream.sensors import package_automation_condition
+    from dagster_nix_builder.upstream.update.workflow import UpdateSettings, update
 
     upstream = Upstream(root)
     rev = upstream.push({"dagster.py": GOOD_MODULE.format(version="1.0")}, "one")

@@ -41,7 +41,7 @@ from typing import Any
 import pytest
 
 from dagster_nix_builder import NixResource
-from dagster_nix_builder.nix_settings import bootstrap_nix_config
+from dagster_nix_builder.nix.settings import bootstrap_nix_config
 
 pytestmark = pytest.mark.browser
 

@@ -29,8 +29,8 @@ from upstream_repo import (
     world_readable_tmpdir,
 )
 
-from dagster_nix_builder.pins import FAKE_HASH, read_pins, stale_temp_files
-from dagster_nix_builder.update import (
+from dagster_nix_builder.upstream.pins import FAKE_HASH, read_pins, stale_temp_files
+from dagster_nix_builder.upstream.update.workflow import (
     JOURNAL_NAME,
     LOCK_NAME,
     DirtyFilesError,
@@ -282,7 +282,7 @@ def test_commit_failure_restores_files_and_index(world: dict, project: Path) -> 
 
 _RUN_UPDATE = """
 import sys
-from dagster_nix_builder.update import UpdateSettings, update
+from dagster_nix_builder.upstream.update.workflow import UpdateSettings, update
 update(UpdateSettings(repo_dir=sys.argv[1], nix_config=sys.argv[2]), rev=sys.argv[3])
 """
 

@@ -14,7 +14,7 @@ import subprocess
 import pytest
 from conftest import REPO_NIX, STORE, STORE_BEFORE
 
-from dagster_nix_builder.nix_settings import bootstrap_nix_config
+from dagster_nix_builder.nix.settings import bootstrap_nix_config
 
 pytestmark = pytest.mark.skipif(shutil.which("nix-store") is None, reason="Nix is not installed")
 SIX = ["dagster-src", "dagster-shared", "dagster-pipes", "dagster", "dagster-graphql", "dagster-webserver"]

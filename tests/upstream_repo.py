@@ -9,7 +9,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from dagster_nix_builder.nix_settings import bootstrap_nix_config
+from dagster_nix_builder.nix.settings import bootstrap_nix_config
 
 FIXTURE_SET = Path(__file__).parent / "fixtures" / "upstream_set"
 NIX_CONFIG = bootstrap_nix_config()

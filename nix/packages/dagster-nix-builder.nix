@@ -19,7 +19,7 @@ let
     "nix/packages/dagster-nix-builder.nix: this project's own package builds from the repository around the package set, but ${toString root} has no pyproject.toml and dagster_nix_builder/ (a copy of nix/ alone?)";
 
   # What the wheel is built from, relative to the repository root (with everything beneath a directory),
-  # and the names never taken at any depth (caches, the component's state). dagster_nix_builder/component.py
+  # and the names never taken at any depth (caches, the component's state). dagster_nix_builder/components/package_set.py
   # hashes exactly these files (`passthru.localSources`) so its state follows an edit of them.
   localSources = {
     root = toString root;
@@ -68,7 +68,7 @@ python3Packages.buildPythonPackage {
     tests = {
       imports = packageTests.imports {
         package = dagster-nix-builder;
-        modules = [ "dagster_nix_builder" "dagster_nix_builder.component" ];
+        modules = [ "dagster_nix_builder" "dagster_nix_builder.components.package_set" ];
       };
     };
   };

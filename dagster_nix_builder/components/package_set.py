@@ -1,0 +1,413 @@
+"""``NixPackageSetComponent``: a Nix package set as a state-backed Dagster component (``defs.yaml``).
+
+.. code-block:: yaml
+
+    # <project>/dagster_nix_builder/defs/packages/defs.yaml
+    type: dagster_nix_builder.NixPackageSetComponent
+    attributes:
+      package_set: nix                      # relative to the project root
+      scope: "{{ env.NIX_SCOPE }}"          # any value may come from the environment
+      translation: {group_name: nix, key_prefix: [], code_versions: true, checks: true}
+      include_update: true                  # the upstream-following update job and its two sensors
+
+Its state is the evaluated package graph (``load_package_graph``), a JSON document kept where the framework
+keeps local state (``<defs folder>/.local_defs_state/<key>/state``) with a *fingerprint* of everything the
+evaluation read: the content of every file under the package-set directory, the Nix-relevant attributes
+(``executable``, ``scope``, ``nix_args``, ``nix_config``), the Nix executable and the host interpreter (path,
+size, modification time), ``NIX_PATH``, the platform, and this package's evaluation code (``graph.py``,
+``*.nix``). Loading the definitions computes the fingerprint without running anything; when the stored one
+matches, the assets are built from the state and Nix is not run. When the state is missing or its
+fingerprint differs, the component evaluates the package set with Nix, writes the state (atomically:
+a temporary file renamed over the old one) through the framework's ``refresh_state``, and builds from that.
+``dg utils refresh-defs-state`` forces a refresh. Underneath: ``nix_assets``, ``NixResource``, the translator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from dagster import (
+    AssetSelection,
+    AutomationConditionSensorDefinition,
+    DefaultSensorStatus,
+    Definitions,
+    in_process_executor,
+)
+from dagster._core.definitions.definitions_load_context import DefinitionsLoadContext, DefinitionsLoadType
+from dagster._core.storage.defs_state.base import DefsStateStorage
+from dagster._utils.env import using_dagster_dev
+from dagster.components import ComponentLoadContext, Model, Resolvable, StateBackedComponent
+from dagster.components.utils.defs_state import DefsStateConfig, DefsStateConfigArgs, ResolvedDefsStateConfig
+from dagster_shared.serdes.objects.models.defs_state_info import LOCAL_STATE_VERSION, DefsStateManagementType
+from pydantic import Field, PrivateAttr, ValidationError, field_validator
+
+from dagster_nix_builder.adapters.assets import nix_assets
+from dagster_nix_builder.adapters.resource import NixResource
+from dagster_nix_builder.adapters.translator import DagsterNixTranslator, DagsterNixTranslatorSettings
+from dagster_nix_builder.nix import graph as graph_module
+from dagster_nix_builder.nix.errors import NixConfigError
+from dagster_nix_builder.nix.graph import (
+    evaluate_package_set,
+    graph_from_document,
+    local_sources,
+    local_sources_digest,
+    tree_digest,
+)
+from dagster_nix_builder.nix.output import nix_store_dir
+from dagster_nix_builder.nix.settings import DEFAULT_HOST_PYTHON, DEFAULT_NIX_CONFIG
+from dagster_nix_builder.publish.assets import PublishSettings, publish_assets
+from dagster_nix_builder.upstream.sensors import package_automation_condition, update_definitions
+
+STATE_FORMAT = 2  # 2: the graph as graph.nix gave it (evaluate_package_set)
+
+
+# ---- the fingerprint ----------------------------------------------------------------------------------
+
+
+def _file_identity(path: str | None) -> dict[str, Any] | None:
+    """A program's identity without running it: its real path, size and modification time."""
+    if not path:
+        return None
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+    except OSError:
+        return {"path": real, "missing": True}
+    return {"path": real, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _code_digest() -> str:
+    """This package's evaluation code: ``graph.py`` and the shipped ``*.nix``."""
+    here = Path(graph_module.__file__).parent
+    digest = hashlib.sha256()
+    for path in [Path(graph_module.__file__), *sorted(here.glob("*.nix"))]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+# ---- errors in defs.yaml ------------------------------------------------------------------------------
+
+
+def _line_of(defs_yaml: Path, keys: tuple) -> int | None:
+    """Line of the deepest of ``keys`` (a path of mapping keys) found in ``defs_yaml``."""
+    try:
+        node = yaml.compose(defs_yaml.read_text(), Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        return None
+    line = None
+    for key in keys:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        match = next(((k, v) for k, v in node.value if getattr(k, "value", None) == str(key)), None)
+        if match is None:
+            break
+        line, node = match[0].start_mark.line + 1, match[1]
+    return line
+
+
+def _attribute_errors(path: Path, exc: ValidationError) -> str:
+    """One line per invalid attribute: ``<defs.yaml>:<line>: attributes.<key>: <what is wrong> (got ...)``."""
+    defs_yaml = path / "defs.yaml" if path.is_dir() else path
+    lines = []
+    for error in exc.errors():
+        keys = tuple(str(k) for k in error["loc"])
+        line = _line_of(defs_yaml, ("attributes", *keys))
+        where = f"{defs_yaml}:{line}" if line else str(defs_yaml)
+        lines.append(f"{where}: attributes.{'.'.join(keys)}: {error['msg']} (got {error['input']!r})")
+    return "\n".join(lines)
+
+
+# ---- the component ------------------------------------------------------------------------------------
+
+
+class NixTranslation(Model, Resolvable):
+    """How packages become asset specs (:class:`DagsterNixTranslatorSettings`)."""
+
+    group_name: str | None = Field(default="nix", description="Asset group of the packages.")
+    key_prefix: list[str] = Field(default_factory=list, description="Prefix of every asset key.")
+    code_versions: bool = Field(default=True, description="code_version = derivation hash.")
+    checks: bool = Field(default=True, description="A check per passthru.tests test.")
+
+
+class NixPublish(Model, Resolvable):
+    """Where to publish (:class:`~dagster_nix_builder.publish.assets.PublishSettings`): ``published/<attr>`` assets."""
+
+    cache_url: str | None = Field(
+        default=None, description="Binary cache `nix copy` writes to, e.g. file:///srv/nix-cache; null: no publishing."
+    )
+    secret_key_file: str | None = Field(default=None, description="Signing key, outside the repository.")
+    cache_http_url: str | None = Field(default=None, description="Where consumers substitute from.")
+    index_repository_url: str | None = Field(default=None, description="Python package index upload URL.")
+    index_url: str | None = Field(default=None, description="Its simple index (the installs check).")
+    index_username: str | None = Field(default=None, description="Index user.")
+    index_password_env: str | None = Field(default=None, description="Variable holding the index password.")
+    allow_nonreproducible: bool = Field(default=False, description="Publish what does not rebuild identically.")
+
+
+class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
+    """Every package of a Nix package set an asset, every build a materialization; the graph evaluated by
+    Nix once and kept as the component's state until a file of the set or a Nix-relevant attribute changes."""
+
+    package_set: str = Field(default="nix", description="Package-set directory (relative: to the project).")
+    executable: str = Field(default="nix", description="The `nix` executable (on PATH or a path).")
+    scope: str | None = Field(default="auto", description="auto | bootstrap | nixpkgs; null: none.")
+    nix_args: dict[str, str] | None = Field(default=None, description="Further `--argstr <k> <v>`.")
+    nix_config: str = Field(default=DEFAULT_NIX_CONFIG, description="NIX_CONFIG of every Nix command.")
+    out_link_dir: str = Field(default=".nix-results", description="Out-link folder (GC roots).")
+    max_jobs: int | None = Field(default_factory=os.cpu_count, description="`--max-jobs` (default: cores).")
+    cores: int | None = Field(default=None, description="`--cores` of `nix build`.")
+    builders: str | None = Field(default=None, description="Remote builders (`--builders`).")
+    extra_options: dict[str, str] | None = Field(default=None, description="Further `--option <k> <v>`.")
+    translation: NixTranslation = Field(default_factory=NixTranslation, description="Packages to specs.")
+    automation: bool = Field(default=True, description="Eager condition, sensor (stopped).")
+    include_update: bool = Field(default=True, description="The update job and its sensors.")
+    publish: NixPublish | None = Field(default=None, description="Publish each package (published/<attr>).")
+    defs_state: ResolvedDefsStateConfig = Field(
+        default_factory=lambda: DefsStateConfigArgs(
+            management_type=DefsStateManagementType.LOCAL_FILESYSTEM, refresh_if_dev=False
+        ),
+        description="Where the evaluated graph is kept (`refresh_if_dev: true`: evaluate on every dev load).",
+    )
+
+    _project_root: Path | None = PrivateAttr(default=None)
+    _defs_module: tuple[str, Path] | None = PrivateAttr(default=None)  # (name, path) of the defs folder
+    _known_sources: list[dict[str, Any]] = PrivateAttr(default_factory=list)  # the last state's local sources
+
+    @field_validator("nix_args", "extra_options", mode="before")
+    @classmethod
+    def _strings(cls, value: Any) -> Any:
+        # Rendering turns '3.5' (quoted in YAML, or from {{ env.X }}) into a number; Nix takes strings.
+        if isinstance(value, Mapping):
+            return {k: v if isinstance(v, str) else json.dumps(v) for k, v in value.items()}
+        return value
+
+    @classmethod
+    def load(cls, attributes, context: ComponentLoadContext):
+        try:
+            component = super().load(attributes, context)
+        except ValidationError as exc:
+            raise NixConfigError(_attribute_errors(context.path, exc)) from None
+        component._project_root = context.project_root
+        component._defs_module = (context.defs_module_name, context.defs_module_path)
+        return component
+
+    # ---- paths and the resource ----
+
+    @property
+    def project_root(self) -> Path:
+        """The dg project's root (the working directory when built outside a project)."""
+        return self._project_root or Path.cwd()
+
+    def _path(self, value: str) -> Path:
+        return (self.project_root / value).resolve()
+
+    @property
+    def package_dir(self) -> Path:
+        return self._path(self.package_set)
+
+    @property
+    def defs_state_config(self) -> DefsStateConfig:
+        return DefsStateConfig.from_args(
+            self.defs_state, default_key=f"NixPackageSetComponent[{self.package_set}]"
+        )
+
+    def nix_resource(self) -> NixResource:
+        """The resource the assets build with (every path absolute)."""
+        return NixResource(
+            executable=self.executable,
+            nix_dir=str(self.package_dir),
+            scope=self.scope,
+            out_link_dir=str(self._path(self.out_link_dir)),
+            max_jobs=self.max_jobs,
+            cores=self.cores,
+            builders=self.builders,
+            extra_options=self.extra_options,
+            nix_args=self.nix_args,
+            nix_config=self.nix_config,
+        )
+
+    def translator(self) -> DagsterNixTranslator:
+        t = self.translation
+        return DagsterNixTranslator(DagsterNixTranslatorSettings(
+            enable_code_versions=t.code_versions,
+            enable_asset_checks=t.checks,
+            group_name=t.group_name,
+            key_prefix=tuple(t.key_prefix),
+            automation_condition=package_automation_condition() if self.automation else None,
+        ))  # fmt: skip
+
+    # ---- state ----
+
+    def fingerprint_inputs(self, sources: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+        """What the evaluation depends on, computed without running anything. ``sources``: the files outside
+        the package set that packages take (``passthru.localSources``, as the state's graph names them: this
+        project's own package takes its checkout's dagster_nix_builder/), hashed by their filter's rules."""
+        nix_args = dict(self.nix_args or {})
+        return {
+            "format": STATE_FORMAT,
+            "package_set": str(self.package_dir),
+            "files": tree_digest(self.package_dir) if self.package_dir.is_dir() else None,
+            "executable": self.executable,
+            "nix": _file_identity(shutil.which(self.executable)),
+            "host_python": _file_identity(nix_args.get("hostPython", DEFAULT_HOST_PYTHON)),
+            "scope": self.scope,
+            "nix_args": nix_args,
+            "nix_config": self.nix_config,
+            "nix_path": os.environ.get("NIX_PATH"),
+            "platform": [sys.platform, platform.machine()],
+            "code": _code_digest(),
+            "local_sources": local_sources_digest(sources),
+        }
+
+    def fingerprint(self, sources: Sequence[Mapping[str, Any]] = ()) -> str:
+        return hashlib.sha256(json.dumps(self.fingerprint_inputs(sources), sort_keys=True).encode()).hexdigest()
+
+    def write_state_to_path(self, state_path: Path) -> None:
+        """Evaluate the package set with Nix; write graph and fingerprint (a temporary file, then a rename)."""
+        nix = self.nix_resource()
+        # Before evaluating, so an edit during the evaluation is seen next time: with the local sources the last
+        # state named; only if the evaluation names others are those hashed after it.
+        fingerprint = self.fingerprint(self._known_sources)
+        graph = evaluate_package_set(nix)
+        if local_sources(graph) != self._known_sources:
+            fingerprint = self.fingerprint(local_sources(graph))
+        document = {
+            "format": STATE_FORMAT,
+            "fingerprint": fingerprint,
+            "nix_version": str(nix.cli().nix_version()),
+            "graph": graph,
+        }
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = state_path.with_name(f".{state_path.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(document, indent=1, sort_keys=True))
+        os.replace(temporary, state_path)
+
+    @staticmethod
+    def read_state(state_path: Path | None) -> dict[str, Any] | None:
+        """The state document at ``state_path``, or None when there is none (or it cannot be read)."""
+        if state_path is None or not state_path.is_file():
+            return None
+        try:
+            document = json.loads(state_path.read_text())
+        except (OSError, ValueError):
+            return None
+        return document if isinstance(document, dict) and document.get("format") == STATE_FORMAT else None
+
+    def _store_safe_state_path(self, project_root: Path) -> Path | None:
+        """Local state lives in the defs folder (``<defs>/.local_defs_state/<key>/state``), but this package
+        may run from its Nix build (tests/test_self_hosting.py), its defs folder a store path: then the state
+        goes to that folder's place in the project (``<project>/dagster_nix_builder/defs/...``), never into the
+        store. None: the framework's place."""
+        config = self.defs_state_config
+        if self._defs_module is None or config.management_type != DefsStateManagementType.LOCAL_FILESYSTEM:
+            return None
+        name, path = self._defs_module
+        if not os.path.realpath(path).startswith(nix_store_dir().rstrip("/") + "/"):
+            return None
+        key = re.sub(r"[^A-Za-z0-9._-]", "__", config.key)  # as the framework names its folder
+        return project_root.joinpath(*name.split("."), ".local_defs_state", key, "state")
+
+    async def refresh_state(self, project_root: Path) -> str:
+        state_path = self._store_safe_state_path(project_root)
+        if state_path is None:
+            return await super().refresh_state(project_root)
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        ignore = state_path.parent.parent / ".gitignore"
+        if not ignore.exists():
+            ignore.write_text("*\n")
+        self.write_state_to_path(state_path)
+        if (storage := DefsStateStorage.get()) is not None:
+            storage.set_latest_version(self.defs_state_config.key, LOCAL_STATE_VERSION)
+        return LOCAL_STATE_VERSION
+
+    def _current_state(self, context: ComponentLoadContext) -> dict[str, Any] | None:
+        state_path = self._store_safe_state_path(context.project_root)
+        if state_path is not None:
+            if state_path.is_file():
+                DefinitionsLoadContext.get().add_defs_state_info(
+                    self.defs_state_config.key, LOCAL_STATE_VERSION, state_path.stat().st_ctime
+                )
+            return self.read_state(state_path)
+        with DefinitionsLoadContext.get().state_path(
+            self.defs_state_config, DefsStateStorage.get(), context.project_root
+        ) as state_path:
+            return self.read_state(state_path)
+
+    def build_defs(self, context: ComponentLoadContext) -> Definitions:
+        """Build from the state; evaluate with Nix first only when it is missing or stale."""
+        self._project_root = context.project_root
+        config = self.defs_state_config
+        if config.management_type == DefsStateManagementType.LEGACY_CODE_SERVER_SNAPSHOTS:
+            return super().build_defs(context)
+        load_context = DefinitionsLoadContext.get()
+        state = self._current_state(context)
+        forced = using_dagster_dev() and config.refresh_if_dev
+        self._known_sources = local_sources(state["graph"]) if state else []
+        stale = state is None or state.get("fingerprint") != self.fingerprint(self._known_sources)
+        # A run worker (reconstruction) builds from the state its code server loaded, fresh or not.
+        if state is None or (
+            (stale or forced) and load_context.load_type == DefinitionsLoadType.INITIALIZATION
+        ):
+            version = asyncio.run(self.refresh_state(context.project_root))
+            load_context.add_defs_state_info(config.key, version)
+            state = self._current_state(context)
+        return self.build_defs_from_document(state)
+
+    def build_defs_from_state(self, context: ComponentLoadContext, state_path: Path | None) -> Definitions:
+        self._project_root = context.project_root
+        return self.build_defs_from_document(self.read_state(state_path))
+
+    def build_defs_from_document(self, state: Mapping[str, Any] | None) -> Definitions:
+        """The definitions of one state document: the assets, the resource and the extras."""
+        if state is None:
+            raise RuntimeError(
+                f"NixPackageSetComponent: no state for {self.package_dir} (key {self.defs_state_config.key!r}); "
+                "run `dg utils refresh-defs-state`."
+            )
+        graph = graph_from_document(state["graph"])
+        # Rebuild downstream packages after a dependency changes, and retry a failed one once its dependency
+        # is fixed. Stopped until turned on: on its first tick it builds every missing package.
+        automation = AutomationConditionSensorDefinition(
+            "nix_packages_automation", target=AssetSelection.all(), default_status=DefaultSensorStatus.STOPPED
+        )
+        packages = Definitions(
+            assets=[nix_assets(graph, translator=self.translator())],
+            resources={"nix": self.nix_resource()},
+            sensors=[automation] if self.automation else [],
+            # All packages are built by one step (one `nix build`): a step subprocess would only load the
+            # definitions a second time.
+            executor=in_process_executor,
+        )
+        if self.publish is not None and self.publish.cache_url:  # e.g. "{{ env.DNB_CACHE_URL }}", unset: off
+            if not self.publish.secret_key_file:
+                raise NixConfigError(
+                    f"publish.cache_url is {self.publish.cache_url!r} but publish.secret_key_file is not set: "
+                    "name the signing key (scripts/publish.sh makes one outside the repository)."
+                )
+            translator = self.translator()
+            keys = {attr: translator.get_asset_key(attr) for attr in graph if graph[attr].outputs}
+            settings = PublishSettings(**{**self.publish.model_dump(), "index_url": self.publish.index_url or None})
+            packages = Definitions.merge(packages, Definitions(
+                assets=[publish_assets(graph, keys, settings, group_name="published")]))
+        return packages if not self.include_update else Definitions.merge(
+            packages,
+            # The update job and the upstream sensors: they edit and commit <package set>/pins.json.
+            update_definitions(
+                repo_dir=self.project_root,
+                nix_dir=os.path.relpath(self.package_dir, self.project_root),
+                scope=self.scope,
+                nix_config=self.nix_config,
+                key_prefix=tuple(self.translation.key_prefix),
+            ),
+        )
