@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from dagster_nix_builder import NixPackageSetComponent
 from dagster_nix_builder.adapters.resource import NixResource
 from dagster_nix_builder.nix.graph import evaluate_package_set, graph_from_document, load_package_graph
 
@@ -201,6 +202,10 @@ def test_a_fresh_state_runs_no_nix_and_an_edit_refreshes_it(tmp_path: Path, salt
     ("package_set: packages-nix\ntranslation:\n  group: nix\n",
      "{yaml}:4 - dagster_nix_builder.NixPackageSetComponent attributes.translation {{'group': 'nix'}} is not",
      "attributes.translation.NixTranslationModel.group at {yaml}:4"),
+    ("package_set: packages-nix\nnix_args:\n  version: 1.10\n",  # unquoted: YAML's number, not its text
+     ("{yaml}:4 - dagster_nix_builder.NixPackageSetComponent attributes.nix_args {{'version': 1.1}} is not valid "
+      "under any of the given schemas"),
+     "attributes.nix_args.dict[str,str].version at {yaml}:4"),
 ])  # fmt: skip
 def test_a_bad_attribute_fails_naming_the_file_and_key(tmp_path: Path, attributes: str, dg_says: str, load_says: str):
     root = make_project(tmp_path / "proj", attributes)
@@ -215,6 +220,18 @@ def test_a_bad_attribute_fails_naming_the_file_and_key(tmp_path: Path, attribute
     )  # fmt: skip
     assert load.returncode != 0
     assert load_says.format(yaml=defs_yaml) in load.stderr, load.stderr[-3000:]
+
+
+def test_nix_args_and_options_reach_nix_as_the_yaml_wrote_them(monkeypatch):
+    # Dagster's native rendering would make '1.10' 1.1 and '007' 7; Nix gets --argstr text.
+    monkeypatch.setenv("TEST_NIX_VERSION", "2.50")
+    component = NixPackageSetComponent.resolve_from_yaml(textwrap.dedent("""\
+        nix_args: {version: '1.10', build: '007', exact: "{{ env.TEST_NIX_VERSION }}", plain: hello, empty: ''}
+        extra_options: {timeout: '3600', float: '1.0'}
+        """))
+    assert component.nix_args == {"version": "1.10", "build": "007", "exact": "2.50", "plain": "hello", "empty": ""}
+    assert component.extra_options == {"timeout": "3600", "float": "1.0"}
+    assert component.nix_resource().nix_args == component.nix_args
 
 
 def test_a_missing_package_set_fails_naming_it(tmp_path: Path):

@@ -36,7 +36,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from dagster import (
     AssetSelection,
     AutomationConditionSensorDefinition,
@@ -55,6 +54,7 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator
 from dagster_nix_builder.adapters.assets import nix_assets
 from dagster_nix_builder.adapters.resource import NixResource
 from dagster_nix_builder.adapters.translator import DagsterNixTranslator, DagsterNixTranslatorSettings
+from dagster_nix_builder.components.attributes import TextMap, attribute_errors
 from dagster_nix_builder.nix import graph as graph_module
 from dagster_nix_builder.nix.errors import NixConfigError
 from dagster_nix_builder.nix.graph import (
@@ -96,38 +96,6 @@ def _code_digest() -> str:
     return digest.hexdigest()
 
 
-# ---- errors in defs.yaml ------------------------------------------------------------------------------
-
-
-def _line_of(defs_yaml: Path, keys: tuple) -> int | None:
-    """Line of the deepest of ``keys`` (a path of mapping keys) found in ``defs_yaml``."""
-    try:
-        node = yaml.compose(defs_yaml.read_text(), Loader=yaml.SafeLoader)
-    except (OSError, yaml.YAMLError):
-        return None
-    line = None
-    for key in keys:
-        if not isinstance(node, yaml.MappingNode):
-            break
-        match = next(((k, v) for k, v in node.value if getattr(k, "value", None) == str(key)), None)
-        if match is None:
-            break
-        line, node = match[0].start_mark.line + 1, match[1]
-    return line
-
-
-def _attribute_errors(path: Path, exc: ValidationError) -> str:
-    """One line per invalid attribute: ``<defs.yaml>:<line>: attributes.<key>: <what is wrong> (got ...)``."""
-    defs_yaml = path / "defs.yaml" if path.is_dir() else path
-    lines = []
-    for error in exc.errors():
-        keys = tuple(str(k) for k in error["loc"])
-        line = _line_of(defs_yaml, ("attributes", *keys))
-        where = f"{defs_yaml}:{line}" if line else str(defs_yaml)
-        lines.append(f"{where}: attributes.{'.'.join(keys)}: {error['msg']} (got {error['input']!r})")
-    return "\n".join(lines)
-
-
 # ---- the component ------------------------------------------------------------------------------------
 
 
@@ -162,13 +130,13 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
     package_set: str = Field(default="nix", description="Package-set directory (relative: to the project).")
     executable: str = Field(default="nix", description="The `nix` executable (on PATH or a path).")
     scope: str | None = Field(default="auto", description="auto | bootstrap | nixpkgs; null: none.")
-    nix_args: dict[str, str] | None = Field(default=None, description="Further `--argstr <k> <v>`.")
+    nix_args: TextMap = Field(default=None, description="Further `--argstr <k> <v>`.")
     nix_config: str = Field(default=DEFAULT_NIX_CONFIG, description="NIX_CONFIG of every Nix command.")
     out_link_dir: str = Field(default=".nix-results", description="Out-link folder (GC roots).")
     max_jobs: int | None = Field(default_factory=os.cpu_count, description="`--max-jobs` (default: cores).")
     cores: int | None = Field(default=None, description="`--cores` of `nix build`.")
     builders: str | None = Field(default=None, description="Remote builders (`--builders`).")
-    extra_options: dict[str, str] | None = Field(default=None, description="Further `--option <k> <v>`.")
+    extra_options: TextMap = Field(default=None, description="Further `--option <k> <v>`.")
     translation: NixTranslation = Field(default_factory=NixTranslation, description="Packages to specs.")
     automation: bool = Field(default=True, description="Eager condition, sensor (stopped).")
     include_update: bool = Field(default=True, description="The update job and its sensors.")
@@ -187,7 +155,7 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
     @field_validator("nix_args", "extra_options", mode="before")
     @classmethod
     def _strings(cls, value: Any) -> Any:
-        # Rendering turns '3.5' (quoted in YAML, or from {{ env.X }}) into a number; Nix takes strings.
+        # From Python a number may come in; Nix takes strings (defs.yaml's text is kept: TextMap).
         if isinstance(value, Mapping):
             return {k: v if isinstance(v, str) else json.dumps(v) for k, v in value.items()}
         return value
@@ -197,7 +165,7 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
         try:
             component = super().load(attributes, context)
         except ValidationError as exc:
-            raise NixConfigError(_attribute_errors(context.path, exc)) from None
+            raise NixConfigError(attribute_errors(context.path, exc)) from None
         component._project_root = context.project_root
         component._defs_module = (context.defs_module_name, context.defs_module_path)
         return component
