@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+import dagster_nix_builder
 from dagster_nix_builder import NixPackageSetComponent
 from dagster_nix_builder.adapters.resource import NixResource
 from dagster_nix_builder.nix.graph import evaluate_package_set, graph_from_document, load_package_graph
@@ -79,7 +80,8 @@ def make_project(root: Path, attributes: str, *, package_set: Path = TINY) -> Pa
 
 def project_env(root: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "DG_"))}
-    env["PYTHONPATH"] = str(root)
+    # The project's modules, then this package as the suite imports it (a checkout beside an installed one).
+    env["PYTHONPATH"] = os.pathsep.join([str(root), str(Path(dagster_nix_builder.__file__).parent.parent)])
     env["DAGSTER_HOME"] = str(root / "home")
     (root / "home").mkdir(exist_ok=True)
     (root / "home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
@@ -140,7 +142,11 @@ def test_dg_list_defs_of_the_repo_lists_the_six_and_their_checks():
     checks = {(c["asset_key"], c["name"]) for c in data["asset_checks"]}
     assert checks == {(attr, test) for attr, package in graph.packages.items() for test in package.tests}
     assert checks, "the packages' passthru.tests are checks"
-    assert {s["name"] for s in data["sensors"]} >= {"nix_packages_automation"}
+    # nix/ has a dagster-src: include_update (null) gives it the update job and both upstream sensors.
+    assert {s["name"] for s in data["sensors"]} == {
+        "nix_packages_automation", "dagster_upstream_commit_sensor", "dagster_release_sensor"
+    }
+    assert "update_dagster_src" in {j["name"] for j in data["jobs"]}
     assert any(a["source"].endswith("dagster_nix_builder/defs/packages/defs.yaml:4") for a in data["asset_checks"])
 
 
@@ -232,6 +238,24 @@ def test_nix_args_and_options_reach_nix_as_the_yaml_wrote_them(monkeypatch):
     assert component.nix_args == {"version": "1.10", "build": "007", "exact": "2.50", "plain": "hello", "empty": ""}
     assert component.extra_options == {"timeout": "3600", "float": "1.0"}
     assert component.nix_resource().nix_args == component.nix_args
+
+
+def test_a_set_without_a_dagster_source_gets_no_update_job_unless_asked(tmp_path: Path):
+    root = make_project(tmp_path / "proj", "package_set: packages-nix\n")
+    data = listed(dg(root, "list", "defs", "--json", env=project_env(root)))
+    assert sorted(a["asset_key"] for a in data["assets"]) == TINY_KEYS
+    assert [s["name"] for s in data["sensors"]] == ["nix_packages_automation"]
+    assert data["jobs"] == []
+    # Asked for explicitly: refused, naming the file, line and key, and what the set lacks.
+    defs_yaml = root / "nixproj" / "defs" / "packages" / "defs.yaml"
+    defs_yaml.write_text(defs_yaml.read_text() + "  include_update: true\n")
+    proc = dg(root, "list", "defs", "--json", env=project_env(root))
+    assert proc.returncode != 0
+    assert (
+        f"{defs_yaml}:4: attributes.include_update is true, but the package set {root / 'packages-nix'} has no "
+        "`dagster-src` attribute (the Dagster source the update moves; it has: base, mid, solo, top-level) and "
+        f"no {root / 'packages-nix' / 'pins.json'} (the pins the update edits)"
+    ) in proc.stdout + proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 def test_a_missing_package_set_fails_naming_it(tmp_path: Path):
