@@ -258,6 +258,33 @@ def test_a_set_without_a_dagster_source_gets_no_update_job_unless_asked(tmp_path
     ) in proc.stdout + proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
+STRICT_LOAD = """\
+import importlib, sys, warnings
+from dagster._utils.warnings import BetaWarning, PreviewWarning
+warnings.simplefilter("error", BetaWarning)
+warnings.simplefilter("error", PreviewWarning)
+repository = importlib.import_module(sys.argv[1]).defs.get_repository_def()
+print(sorted(s.name for s in repository.sensor_defs), sorted(j.name for j in repository.get_all_jobs()))
+"""
+
+
+@pytest.mark.parametrize("where", ["repo", "project"])
+def test_the_definitions_load_with_dagster_s_beta_warnings_as_errors(tmp_path: Path, where: str):
+    """No warning of ours on every command: the update job carries its resource, so Dagster never copies its
+    sensors with the beta `owners` parameter (it did, five times a load)."""
+    if where == "repo":
+        cwd, module, env = REPO, "dagster_nix_builder.definitions", dict(os.environ)
+    else:
+        cwd = make_project(tmp_path / "proj", "package_set: packages-nix\n")
+        module, env = "nixproj.definitions", project_env(cwd)
+    proc = subprocess.run([sys.executable, "-c", STRICT_LOAD, module], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=240, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    if where == "repo":
+        assert "'dagster_release_sensor', 'dagster_upstream_commit_sensor'" in proc.stdout
+        assert "'update_dagster_src'" in proc.stdout
+
+
 def test_a_missing_package_set_fails_naming_it(tmp_path: Path):
     root = make_project(tmp_path / "proj", "package_set: nowhere\n")
     proc = dg(root, "check", "defs", env=project_env(root))
