@@ -22,10 +22,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 import dagster_nix_builder
 from dagster_nix_builder import NixPackageSetComponent
 from dagster_nix_builder.adapters.resource import NixResource
+from dagster_nix_builder.components.scaffolder import render_defs_yaml
 from dagster_nix_builder.nix.graph import evaluate_package_set, graph_from_document, load_package_graph
 
 pytestmark = pytest.mark.skipif(shutil.which("nix") is None, reason="nix is not installed (apt-get install nix-bin)")
@@ -283,6 +285,21 @@ def test_the_definitions_load_with_dagster_s_beta_warnings_as_errors(tmp_path: P
     if where == "repo":
         assert "'dagster_release_sensor', 'dagster_upstream_commit_sensor'" in proc.stdout
         assert "'update_dagster_src'" in proc.stdout
+
+
+def test_the_scaffolded_defs_yaml_shows_the_component_s_own_defaults():
+    """Uncommented, every default line of what `dg scaffold defs` writes (tests/test_own_project.py runs it)
+    changes nothing: the comments are the component's defaults (nix_args: an example)."""
+    text = render_defs_yaml("dagster_nix_builder.NixPackageSetComponent", "packages-nix")
+    shown = [line.replace("  # ", "  ", 1).split("  #")[0] for line in text.splitlines()
+             if line.startswith("  # ") and ": " in line and "nix_args" not in line and "env.NAME" not in line]
+    assert len(shown) >= 6
+    attributes = textwrap.dedent("\n".join(shown))
+    component = NixPackageSetComponent.resolve_from_yaml(attributes)
+    default = NixPackageSetComponent()
+    for key in yaml.safe_load(attributes):
+        assert getattr(component, key) == getattr(default, key), key
+    assert NixPackageSetComponent.resolve_from_yaml(text.split("attributes:\n")[1]).package_set == "packages-nix"
 
 
 def test_a_missing_package_set_fails_naming_it(tmp_path: Path):

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from dagster_nix_builder.nix.output import nix_store_dir
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(shutil.which("nix") is None, reason="nix is not installed (apt-get install nix-bin)"),
@@ -63,9 +65,11 @@ def project_env(root: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def project(venv: Path, tmp_path: Path) -> Path:
-    """A fresh project made by create-dagster, installed into the venv (its .venv) as its README says."""
+@pytest.fixture(scope="module")
+def project(venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh project made by create-dagster, installed into the venv (its .venv) as its README says; one for
+    the module (the tests add to it, each its own defs folder)."""
+    tmp_path = tmp_path_factory.mktemp("projects")
     run([str(venv / "bin" / "create-dagster"), "project", "--no-uv-sync", "myproj"], cwd=tmp_path,
         env=project_env(tmp_path))  # fmt: skip
     root = tmp_path / "myproj"
@@ -86,3 +90,11 @@ def test_dg_list_components_lists_the_component(venv: Path, project: Path):
     keys = [entry["key"] for entry in json.loads(proc.stdout)["items"]]
     assert COMPONENT in keys
     assert "missing_dg_plugin_module_in_manifest" not in proc.stderr
+
+
+def test_dg_scaffold_refuses_a_missing_package_set(venv: Path, project: Path):
+    proc = dg(venv, project, "scaffold", "defs", COMPONENT, "nix", "--package-set", "nowhere")
+    assert proc.returncode != 0
+    assert (f"--package-set nowhere: {project / 'nowhere'} is not a Nix package set (no such directory)"
+            in proc.stdout + proc.stderr), proc.stdout[-3000:] + proc.stderr[-3000:]  # fmt: skip
+    assert not (project / "src" / "myproj" / "defs" / "nix").exists(), "nothing left to block a second try"

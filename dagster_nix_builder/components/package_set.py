@@ -46,7 +46,7 @@ from dagster import (
 from dagster._core.definitions.definitions_load_context import DefinitionsLoadContext, DefinitionsLoadType
 from dagster._core.storage.defs_state.base import DefsStateStorage
 from dagster._utils.env import using_dagster_dev
-from dagster.components import ComponentLoadContext, Model, Resolvable, StateBackedComponent
+from dagster.components import ComponentLoadContext, Model, Resolvable, StateBackedComponent, scaffold_with
 from dagster.components.utils.defs_state import DefsStateConfig, DefsStateConfigArgs, ResolvedDefsStateConfig
 from dagster_shared.serdes.objects.models.defs_state_info import LOCAL_STATE_VERSION, DefsStateManagementType
 from pydantic import Field, PrivateAttr, ValidationError, field_validator
@@ -55,6 +55,7 @@ from dagster_nix_builder.adapters.assets import nix_assets
 from dagster_nix_builder.adapters.resource import NixResource
 from dagster_nix_builder.adapters.translator import DagsterNixTranslator, DagsterNixTranslatorSettings
 from dagster_nix_builder.components.attributes import TextMap, attribute_errors, attribute_location
+from dagster_nix_builder.components.scaffolder import NixPackageSetScaffolder
 from dagster_nix_builder.components.update import include_update
 from dagster_nix_builder.nix import graph as graph_module
 from dagster_nix_builder.nix.errors import NixConfigError
@@ -124,6 +125,7 @@ class NixPublish(Model, Resolvable):
     allow_nonreproducible: bool = Field(default=False, description="Publish what does not rebuild identically.")
 
 
+@scaffold_with(NixPackageSetScaffolder)
 class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
     """Every package of a Nix package set an asset, every build a materialization; the graph evaluated by
     Nix once and kept as the component's state until a file of the set or a Nix-relevant attribute changes."""
