@@ -98,3 +98,57 @@ def test_dg_scaffold_refuses_a_missing_package_set(venv: Path, project: Path):
     assert (f"--package-set nowhere: {project / 'nowhere'} is not a Nix package set (no such directory)"
             in proc.stdout + proc.stderr), proc.stdout[-3000:] + proc.stderr[-3000:]  # fmt: skip
     assert not (project / "src" / "myproj" / "defs" / "nix").exists(), "nothing left to block a second try"
+
+
+OUTCOME = """\
+import json
+from dagster import DagsterEventType, DagsterInstance
+instance = DagsterInstance.get()
+(run,) = instance.get_run_records()
+records = instance.get_records_for_run(run.dagster_run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)
+evaluations = [r.event_log_entry.dagster_event.event_specific_data for r in records.records]
+materialized = instance.get_records_for_run(run.dagster_run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+print(json.dumps({
+    "status": run.dagster_run.status.value,
+    "materialized": sorted(r.event_log_entry.dagster_event.asset_key.to_user_string() for r in materialized.records),
+    "checks": sorted([e.asset_key.to_user_string(), e.check_name, e.passed] for e in evaluations),
+}))
+"""
+
+
+def test_a_scaffolded_package_set_lists_and_builds_with_its_checks(venv: Path, project: Path, salt: str):
+    """The tiny set with tests (tests/fixtures/checked: tests/fixtures/tiny plus passthru.tests), salted so
+    every derivation is new and really built."""
+    shutil.copytree(REPO / "tests" / "fixtures" / "checked", project / "tiny",
+                    ignore=shutil.ignore_patterns("*.py", "__pycache__"))  # fmt: skip
+    proc = dg(venv, project, "scaffold", "defs", COMPONENT, "nix", "--package-set", "tiny")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    defs_yaml = project / "src" / "myproj" / "defs" / "nix" / "defs.yaml"
+    text = defs_yaml.read_text()
+    assert f"type: {COMPONENT}\nattributes:\n  package_set: tiny\n" in text
+    defs_yaml.write_text(text + f"  nix_args: {{salt: '{salt}'}}\n")
+
+    proc = dg(venv, project, "list", "defs", "--json")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Warning" not in proc.stderr, proc.stderr[-3000:]  # none of ours (BetaWarning) on every command
+    data = json.loads(proc.stdout)
+    assert {a["asset_key"]: sorted(a["dependency_keys"]) for a in data["assets"]} == {
+        "base": [], "mid": ["base"], "solo": [], "top-level": ["base", "mid"],
+    }
+    checks = sorted([c["asset_key"], c["name"]] for c in data["asset_checks"])
+    assert checks == [["base", "imports"], ["base", "version"], ["mid", "imports"], ["solo", "version"]]
+    assert data["jobs"] == []  # no update_dagster_src: this set has no Dagster source
+    assert [s["name"] for s in data["sensors"]] == ["nix_packages_automation"]
+
+    proc = dg(venv, project, "launch", "--assets", "*")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = run([str(venv / "bin" / "python"), "-c", OUTCOME], cwd=project, env=project_env(project))
+    assert json.loads(out) == {
+        "status": "SUCCESS",
+        "materialized": ["base", "mid", "solo", "top-level"],
+        "checks": [[attr, name, True] for attr, name in checks],
+    }
+    for attr in ("base", "mid", "solo", "top-level"):
+        link = project / ".nix-results" / f"result-{attr}"
+        assert os.path.realpath(link).startswith(nix_store_dir().rstrip("/") + "/"), link
+        assert (link / "name").read_text() == f"{attr}\n"
