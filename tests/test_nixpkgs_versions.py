@@ -20,11 +20,10 @@ from dagster_nix_builder.nix import nixpkgs_versions as nv
 REPO = Path(__file__).resolve().parent.parent
 NIX_DIR = REPO / "nix"
 RECORD = REPO.parent / "shared" / "nixpkgs" / "python-versions.json"
-# python3Packages attributes of dagster-dg-cli, dagster-dg-core, dagster-cloud-cli, dagster-rest-resources and
-# dagster-postgres (and this project's own package) whose nixpkgs versions the record does not hold: their
-# bounds are unverified against nixpkgs here (README, "What cannot be verified here").
-NOT_RECORDED = {"click-aliases", "github3-py", "gitpython", "httpx", "jsonschema", "markdown", "psycopg2-binary",
-                "questionary", "setuptools", "typer", "validators", "yaspin", "twine"}
+# python3Packages attributes the expressions take whose nixpkgs versions the record does not hold (their bounds
+# would be unverified against nixpkgs here: README, "What cannot be verified here"). None since the refreshed
+# record added the 13 the five packages added after the six (and this project's own) take.
+NOT_RECORDED: set[str] = set()
 
 needs_nix = pytest.mark.skipif(shutil.which("nix-instantiate") is None, reason="nix is not installed")
 needs_record = pytest.mark.skipif(not RECORD.is_file(), reason=f"{RECORD} is not there")
@@ -111,7 +110,7 @@ def test_the_attributes_asked_of_nixpkgs_come_from_the_expressions():
     attrs = {a for pkg in facts.values() for a in pkg["dependencies"]}
     assert {"coloredlogs", "gql", "requests-toolbelt", "uvicorn", "pyyaml", "psycopg2-binary", "typer"} <= attrs
     assert not attrs & set(facts)  # the set's own packages are not asked of nixpkgs
-    if RECORD.is_file():  # the record covers the six's attributes; these of the packages added since it was read not
+    if RECORD.is_file():  # the record covers every attribute the expressions take but NOT_RECORDED
         record = json.loads(RECORD.read_text())
         extras = set(record["gql_optional_dependencies_requests"] + record["uvicorn_optional_dependencies_standard"])
         assert attrs - extras - set(record["packages"]) <= NOT_RECORDED
@@ -140,7 +139,7 @@ def test_a_nixpkgs_that_does_not_evaluate_is_a_nix_command_error(tmp_path):
 def test_the_wheels_meet_nixpkgs_recorded_versions(tmp_path, capsys):
     python3, versions = nv.versions_from_record(json.loads(RECORD.read_text()))
     result = nv.check_package_set(NIX_DIR, versions, python3)
-    # The record holds the six's dependencies only: what it cannot answer is exactly NOT_RECORDED.
+    # What the record cannot answer is exactly NOT_RECORDED.
     assert {u.distribution for u in result.missing} == NOT_RECORDED, result.report()
     result.missing.clear()
     assert result.ok, (
@@ -151,7 +150,7 @@ def test_the_wheels_meet_nixpkgs_recorded_versions(tmp_path, capsys):
     assert result.unneeded_relaxes == [], result.report()
 
     # The command, against a stand-in nixpkgs (a fake pkgs) carrying the recorded versions, and for what the
-    # record lacks the versions our own wheel lock holds (a stand-in: nothing here says nixpkgs has those).
+    # record lacks (NOT_RECORDED) the versions our own wheel lock holds (a stand-in: nothing says nixpkgs has those).
     lock = json.loads((NIX_DIR / "bootstrap" / "wheels.json").read_text())
     wheels = next(t["wheels"] for t in lock["targets"].values() if t["python"] == python3)
     fake = write_fake_nixpkgs(tmp_path / "fake-nixpkgs", python3,
