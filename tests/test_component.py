@@ -22,9 +22,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
+import dagster_nix_builder
 from dagster_nix_builder import NixPackageSetComponent
 from dagster_nix_builder.adapters.resource import NixResource
+from dagster_nix_builder.components.scaffolder import render_defs_yaml
 from dagster_nix_builder.nix.graph import evaluate_package_set, graph_from_document, load_package_graph
 
 pytestmark = pytest.mark.skipif(shutil.which("nix") is None, reason="nix is not installed (apt-get install nix-bin)")
@@ -79,7 +82,8 @@ def make_project(root: Path, attributes: str, *, package_set: Path = TINY) -> Pa
 
 def project_env(root: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "DG_"))}
-    env["PYTHONPATH"] = str(root)
+    # The project's modules, then this package as the suite imports it (a checkout beside an installed one).
+    env["PYTHONPATH"] = os.pathsep.join([str(root), str(Path(dagster_nix_builder.__file__).parent.parent)])
     env["DAGSTER_HOME"] = str(root / "home")
     (root / "home").mkdir(exist_ok=True)
     (root / "home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
@@ -140,7 +144,11 @@ def test_dg_list_defs_of_the_repo_lists_the_six_and_their_checks():
     checks = {(c["asset_key"], c["name"]) for c in data["asset_checks"]}
     assert checks == {(attr, test) for attr, package in graph.packages.items() for test in package.tests}
     assert checks, "the packages' passthru.tests are checks"
-    assert {s["name"] for s in data["sensors"]} >= {"nix_packages_automation"}
+    # nix/ has a dagster-src: include_update (null) gives it the update job and both upstream sensors.
+    assert {s["name"] for s in data["sensors"]} == {
+        "nix_packages_automation", "dagster_upstream_commit_sensor", "dagster_release_sensor"
+    }
+    assert "update_dagster_src" in {j["name"] for j in data["jobs"]}
     assert any(a["source"].endswith("dagster_nix_builder/defs/packages/defs.yaml:4") for a in data["asset_checks"])
 
 
@@ -232,6 +240,66 @@ def test_nix_args_and_options_reach_nix_as_the_yaml_wrote_them(monkeypatch):
     assert component.nix_args == {"version": "1.10", "build": "007", "exact": "2.50", "plain": "hello", "empty": ""}
     assert component.extra_options == {"timeout": "3600", "float": "1.0"}
     assert component.nix_resource().nix_args == component.nix_args
+
+
+def test_a_set_without_a_dagster_source_gets_no_update_job_unless_asked(tmp_path: Path):
+    root = make_project(tmp_path / "proj", "package_set: packages-nix\n")
+    data = listed(dg(root, "list", "defs", "--json", env=project_env(root)))
+    assert sorted(a["asset_key"] for a in data["assets"]) == TINY_KEYS
+    assert [s["name"] for s in data["sensors"]] == ["nix_packages_automation"]
+    assert data["jobs"] == []
+    # Asked for explicitly: refused, naming the file, line and key, and what the set lacks.
+    defs_yaml = root / "nixproj" / "defs" / "packages" / "defs.yaml"
+    defs_yaml.write_text(defs_yaml.read_text() + "  include_update: true\n")
+    proc = dg(root, "list", "defs", "--json", env=project_env(root))
+    assert proc.returncode != 0
+    assert (
+        f"{defs_yaml}:4: attributes.include_update is true, but the package set {root / 'packages-nix'} has no "
+        "`dagster-src` attribute (the Dagster source the update moves; it has: base, mid, solo, top-level) and "
+        f"no {root / 'packages-nix' / 'pins.json'} (the pins the update edits)"
+    ) in proc.stdout + proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+STRICT_LOAD = """\
+import importlib, sys, warnings
+from dagster._utils.warnings import BetaWarning, PreviewWarning
+warnings.simplefilter("error", BetaWarning)
+warnings.simplefilter("error", PreviewWarning)
+repository = importlib.import_module(sys.argv[1]).defs.get_repository_def()
+print(sorted(s.name for s in repository.sensor_defs), sorted(j.name for j in repository.get_all_jobs()))
+"""
+
+
+@pytest.mark.parametrize("where", ["repo", "project"])
+def test_the_definitions_load_with_dagster_s_beta_warnings_as_errors(tmp_path: Path, where: str):
+    """No warning of ours on every command: the update job carries its resource, so Dagster never copies its
+    sensors with the beta `owners` parameter (it did, five times a load)."""
+    if where == "repo":
+        cwd, module, env = REPO, "dagster_nix_builder.definitions", dict(os.environ)
+    else:
+        cwd = make_project(tmp_path / "proj", "package_set: packages-nix\n")
+        module, env = "nixproj.definitions", project_env(cwd)
+    proc = subprocess.run([sys.executable, "-c", STRICT_LOAD, module], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=240, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    if where == "repo":
+        assert "'dagster_release_sensor', 'dagster_upstream_commit_sensor'" in proc.stdout
+        assert "'update_dagster_src'" in proc.stdout
+
+
+def test_the_scaffolded_defs_yaml_shows_the_component_s_own_defaults():
+    """Uncommented, every default line of what `dg scaffold defs` writes (tests/test_own_project.py runs it)
+    changes nothing: the comments are the component's defaults (nix_args: an example)."""
+    text = render_defs_yaml("dagster_nix_builder.NixPackageSetComponent", "packages-nix")
+    shown = [line.replace("  # ", "  ", 1).split("  #")[0] for line in text.splitlines()
+             if line.startswith("  # ") and ": " in line and "nix_args" not in line and "env.NAME" not in line]
+    assert len(shown) >= 6
+    attributes = textwrap.dedent("\n".join(shown))
+    component = NixPackageSetComponent.resolve_from_yaml(attributes)
+    default = NixPackageSetComponent()
+    for key in yaml.safe_load(attributes):
+        assert getattr(component, key) == getattr(default, key), key
+    assert NixPackageSetComponent.resolve_from_yaml(text.split("attributes:\n")[1]).package_set == "packages-nix"
 
 
 def test_a_missing_package_set_fails_naming_it(tmp_path: Path):

@@ -51,13 +51,18 @@ def _line_of(defs_yaml: Path, keys: tuple) -> int | None:
     return line
 
 
+def attribute_location(path: Path, *keys: str) -> str:
+    """``<defs.yaml>:<line>`` of ``attributes.<keys>`` (the file alone where the key is not written)."""
+    defs_yaml = path / "defs.yaml" if path.is_dir() else path
+    line = _line_of(defs_yaml, ("attributes", *keys))
+    return f"{defs_yaml}:{line}" if line else str(defs_yaml)
+
+
 def attribute_errors(path: Path, exc: ValidationError) -> str:
     """One line per invalid attribute: ``<defs.yaml>:<line>: attributes.<key>: <what is wrong> (got ...)``."""
-    defs_yaml = path / "defs.yaml" if path.is_dir() else path
     lines = []
     for error in exc.errors():
         keys = tuple(str(k) for k in error["loc"])
-        line = _line_of(defs_yaml, ("attributes", *keys))
-        where = f"{defs_yaml}:{line}" if line else str(defs_yaml)
+        where = attribute_location(path, *keys)
         lines.append(f"{where}: attributes.{'.'.join(keys)}: {error['msg']} (got {error['input']!r})")
     return "\n".join(lines)

@@ -8,7 +8,7 @@
       package_set: nix                      # relative to the project root
       scope: "{{ env.NIX_SCOPE }}"          # any value may come from the environment
       translation: {group_name: nix, key_prefix: [], code_versions: true, checks: true}
-      include_update: true                  # the upstream-following update job and its two sensors
+      include_update: null                  # the update job and its two sensors: for a Dagster source only
 
 Its state is the evaluated package graph (``load_package_graph``), a JSON document kept where the framework
 keeps local state (``<defs folder>/.local_defs_state/<key>/state``) with a *fingerprint* of everything the
@@ -46,7 +46,7 @@ from dagster import (
 from dagster._core.definitions.definitions_load_context import DefinitionsLoadContext, DefinitionsLoadType
 from dagster._core.storage.defs_state.base import DefsStateStorage
 from dagster._utils.env import using_dagster_dev
-from dagster.components import ComponentLoadContext, Model, Resolvable, StateBackedComponent
+from dagster.components import ComponentLoadContext, Model, Resolvable, StateBackedComponent, scaffold_with
 from dagster.components.utils.defs_state import DefsStateConfig, DefsStateConfigArgs, ResolvedDefsStateConfig
 from dagster_shared.serdes.objects.models.defs_state_info import LOCAL_STATE_VERSION, DefsStateManagementType
 from pydantic import Field, PrivateAttr, ValidationError, field_validator
@@ -54,7 +54,9 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator
 from dagster_nix_builder.adapters.assets import nix_assets
 from dagster_nix_builder.adapters.resource import NixResource
 from dagster_nix_builder.adapters.translator import DagsterNixTranslator, DagsterNixTranslatorSettings
-from dagster_nix_builder.components.attributes import TextMap, attribute_errors
+from dagster_nix_builder.components.attributes import TextMap, attribute_errors, attribute_location
+from dagster_nix_builder.components.scaffolder import NixPackageSetScaffolder
+from dagster_nix_builder.components.update import include_update
 from dagster_nix_builder.nix import graph as graph_module
 from dagster_nix_builder.nix.errors import NixConfigError
 from dagster_nix_builder.nix.graph import (
@@ -123,6 +125,7 @@ class NixPublish(Model, Resolvable):
     allow_nonreproducible: bool = Field(default=False, description="Publish what does not rebuild identically.")
 
 
+@scaffold_with(NixPackageSetScaffolder)
 class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
     """Every package of a Nix package set an asset, every build a materialization; the graph evaluated by
     Nix once and kept as the component's state until a file of the set or a Nix-relevant attribute changes."""
@@ -139,7 +142,9 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
     extra_options: TextMap = Field(default=None, description="Further `--option <k> <v>`.")
     translation: NixTranslation = Field(default_factory=NixTranslation, description="Packages to specs.")
     automation: bool = Field(default=True, description="Eager condition, sensor (stopped).")
-    include_update: bool = Field(default=True, description="The update job and its sensors.")
+    include_update: bool | None = Field(
+        default=None, description="The update job and its sensors; null: only for a set with a dagster-src."
+    )
     publish: NixPublish | None = Field(default=None, description="Publish each package (published/<attr>).")
     defs_state: ResolvedDefsStateConfig = Field(
         default_factory=lambda: DefsStateConfigArgs(
@@ -150,6 +155,7 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
 
     _project_root: Path | None = PrivateAttr(default=None)
     _defs_module: tuple[str, Path] | None = PrivateAttr(default=None)  # (name, path) of the defs folder
+    _defs_path: Path | None = PrivateAttr(default=None)  # its defs.yaml (or folder), for errors
     _known_sources: list[dict[str, Any]] = PrivateAttr(default_factory=list)  # the last state's local sources
 
     @field_validator("nix_args", "extra_options", mode="before")
@@ -168,6 +174,7 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
             raise NixConfigError(attribute_errors(context.path, exc)) from None
         component._project_root = context.project_root
         component._defs_module = (context.defs_module_name, context.defs_module_path)
+        component._defs_path = context.path
         return component
 
     # ---- paths and the resource ----
@@ -368,7 +375,10 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
             settings = PublishSettings(**{**self.publish.model_dump(), "index_url": self.publish.index_url or None})
             packages = Definitions.merge(packages, Definitions(
                 assets=[publish_assets(graph, keys, settings, group_name="published")]))
-        return packages if not self.include_update else Definitions.merge(
+        where = attribute_location(self._defs_path, "include_update") if self._defs_path else type(self).__name__
+        if not include_update(self.include_update, graph, self.package_dir, where):
+            return packages
+        return Definitions.merge(
             packages,
             # The update job and the upstream sensors: they edit and commit <package set>/pins.json.
             update_definitions(

@@ -307,7 +307,16 @@ def update_definitions(
     Returns:
         A `Definitions`; merge it: `Definitions.merge(defs, update_definitions())`.
     """
-    job = build_update_job(key_prefix=key_prefix) if key_prefix else update_job
+    updater = PinUpdater(
+        repo_dir=str(repo_dir),
+        nix_dir=nix_dir,
+        scope=scope,
+        pip_args=list(pip_args),
+        **resource_fields,
+    )
+    # The job carries its resource: Dagster would otherwise copy both sensors to bind it, passing the beta
+    # `owners` parameter and warning on every load.
+    job = build_update_job(key_prefix=key_prefix, resource_defs={"pin_updater": updater})
     return Definitions(
         jobs=[job],
         sensors=[
@@ -320,13 +329,5 @@ def update_definitions(
                 nix_config=resource_fields.get("nix_config", DEFAULT_NIX_CONFIG),
             ),
         ],
-        resources={
-            "pin_updater": PinUpdater(
-                repo_dir=str(repo_dir),
-                nix_dir=nix_dir,
-                scope=scope,
-                pip_args=list(pip_args),
-                **resource_fields,
-            )
-        },
+        resources={"pin_updater": updater},
     )

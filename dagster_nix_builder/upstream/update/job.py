@@ -8,7 +8,7 @@ By hand (`source: git` alone pins the head of the followed branch, from release 
 """
 
 # No `from __future__ import annotations`: Dagster reads the op's config annotation at decoration time.
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +112,7 @@ def build_update_job(
     key_prefix: Sequence[str] = (),
     report_materializations: bool = True,
     checks: Sequence[Callable[[Any], None]] = (),
+    resource_defs: Mapping[str, Any] | None = None,
 ) -> JobDefinition:
     """The update job: one op running the whole update workflow.
 
@@ -122,9 +123,12 @@ def build_update_job(
             rebuilt (the source and everything downstream), with its store paths, so the asset graph
             shows them at the new pin.
         checks: Extra checks run before committing, called with attribute -> out paths; raise to fail.
+        resource_defs: Resources bound to the job, e.g. its `pin_updater`. A sensor targeting a job whose
+            resources come from its `Definitions` is copied by Dagster with `owners=[]`, a beta parameter:
+            a bound job is left alone, and nothing warns.
 
     Returns:
-        A job needing the `pin_updater` resource (a `PinUpdater`).
+        A job needing the `pin_updater` resource (a `PinUpdater`), unless `resource_defs` has it.
     """
 
     @op(
@@ -171,7 +175,11 @@ def build_update_job(
                 )
         yield Output(_summary(result), metadata=_metadata(result))
 
-    @job(name=name, description="Update dagster-src (rev or release), rebuild downstream, check, commit.")
+    @job(
+        name=name,
+        description="Update dagster-src (rev or release), rebuild downstream, check, commit.",
+        resource_defs=dict(resource_defs or {}),
+    )
     def update_job() -> None:
         update_op()
 

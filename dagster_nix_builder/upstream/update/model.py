@@ -66,6 +66,10 @@ class DirtyFilesError(UpdateError):
         )
 
 
+DAGSTER_SOURCE_ATTR = "dagster-src"
+"""The attribute of a package set that is its Dagster source: what the update moves."""
+
+
 @dataclass(frozen=True)
 class UpdateSettings:
     """Where the repository and the package set are, and how to drive Nix.
@@ -94,7 +98,7 @@ class UpdateSettings:
     nix_args: Mapping[str, str] = field(default_factory=lambda: {"scope": "bootstrap"})
     nix_executable: str = "nix"
     nix_config: str = DEFAULT_NIX_CONFIG
-    source_attr: str = "dagster-src"
+    source_attr: str = DAGSTER_SOURCE_ATTR
     lock_python: str = "/usr/bin/python3"
     lock_targets: Sequence[str] = ()
     pip_args: Sequence[str] = ()
