@@ -32,7 +32,7 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "needs_nix" in item.keywords or item.fspath.basename in {
                 "test_graph.py", "test_build.py", "test_assets.py", "test_results.py", "test_definitions.py",
-                "test_nix_calls.py", "test_orphans.py",
+                "test_nix_calls.py", "test_orphans.py", "test_package_sources.py",
             }:
                 item.add_marker(skip)
 

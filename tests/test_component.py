@@ -187,7 +187,8 @@ def test_a_fresh_state_runs_no_nix_and_an_edit_refreshes_it(tmp_path: Path, salt
         assert calls() == [], f"dg {' '.join(command)} ran Nix with a fresh state"
 
     # A new package file in the copy: the next load sees a changed fingerprint and evaluates again.
-    (root / "packages-nix" / "packages" / "extra.nix").write_text('{ mkPkg, solo }: mkPkg { name = "extra"; }\n')
+    extra = '{ mkPkg, solo }: mkPkg { name = "extra"; deps = [ solo ]; }\n'  # an edge the derivation has
+    (root / "packages-nix" / "packages" / "extra.nix").write_text(extra)
     again = listed(dg(root, "list", "defs", "--json", env=env))
     assert sorted(a["asset_key"] for a in again["assets"]) == sorted([*TINY_KEYS, "extra"])
     assert next(a for a in again["assets"] if a["asset_key"] == "extra")["dependency_keys"] == ["solo"]

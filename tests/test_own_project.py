@@ -152,3 +152,87 @@ def test_a_scaffolded_package_set_lists_and_builds_with_its_checks(venv: Path, p
         link = project / ".nix-results" / f"result-{attr}"
         assert os.path.realpath(link).startswith(nix_store_dir().rstrip("/") + "/"), link
         assert (link / "name").read_text() == f"{attr}\n"
+
+
+def launch_and_read(venv: Path, project: Path) -> dict:
+    proc = dg(venv, project, "launch", "--assets", "*")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(run([str(venv / "bin" / "python"), "-c", OUTCOME], cwd=project, env=project_env(project)))
+
+
+def listed(venv: Path, project: Path) -> dict:
+    proc = dg(venv, project, "list", "defs", "--json")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Warning" not in proc.stderr, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture
+def own_defs(project: Path, tmp_path: Path):
+    """The project holds only the test's own defs folder and runs: the others are moved aside meanwhile."""
+    defs, aside = project / "src" / "myproj" / "defs", tmp_path / "aside"
+    aside.mkdir()
+    others = [p for p in defs.iterdir() if p.is_dir() and not p.name.startswith("__")]
+    for path in [*others, project / ".dagster_home"]:
+        if path.exists():
+            shutil.move(path, aside / path.name)
+    yield
+    for path in set(defs.iterdir()) - {defs / "__init__.py", defs / "__pycache__"}:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    shutil.rmtree(project / ".dagster_home", ignore_errors=True)
+    for path in others:
+        shutil.move(aside / path.name, path)
+    if (aside / ".dagster_home").exists():
+        shutil.move(aside / ".dagster_home", project / ".dagster_home")
+
+
+def test_an_attribute_set_file_gets_its_edges_from_the_derivations(venv: Path, project: Path, salt: str, own_defs):
+    """tests/fixtures/foreign/packages.nix: `{ salt ? "" }: rec { ... }`, no scope, no callPackage files;
+    libb reaches liba only through the excluded wrapper."""
+    shutil.copy2(REPO / "tests" / "fixtures" / "foreign" / "packages.nix", project / "packages.nix")
+    proc = dg(venv, project, "scaffold", "defs", COMPONENT, "attrset", "--file", "packages.nix", "--exclude", "wrapper")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    defs_yaml = project / "src" / "myproj" / "defs" / "attrset" / "defs.yaml"
+    text = defs_yaml.read_text()
+    assert 'attributes:\n  file: "packages.nix"\n  exclude: ["wrapper"]\n' in text
+    defs_yaml.write_text(text + f"  args: {{salt: '{salt}'}}\n  out_link_dir: .nix-results/attrset\n")
+
+    data = listed(venv, project)
+    assert {a["asset_key"]: sorted(a["dependency_keys"]) for a in data["assets"]} == {
+        "liba": [], "libb": ["liba"], "app": ["liba", "libb"],
+    }  # no `lib` (a helper), no `wrapper` (excluded)
+    assert sorted([c["asset_key"], c["name"]] for c in data["asset_checks"]) == [["app", "names"]]
+    assert data["jobs"] == [] and [s["name"] for s in data["sensors"]] == ["nix_packages_automation"]
+
+    assert launch_and_read(venv, project) == {
+        "status": "SUCCESS", "materialized": ["app", "liba", "libb"], "checks": [["app", "names", True]],
+    }
+    link = project / ".nix-results" / "attrset" / "result-app"
+    assert os.path.realpath(link).startswith(nix_store_dir().rstrip("/") + "/")
+    assert link.read_text().split() == ["app", "liba", "libb", "wrapper", "liba"]
+
+
+def test_a_flake_s_packages_and_checks(venv: Path, project: Path, own_defs):
+    """tests/fixtures/foreign/flake: packages.<system> (core, app, default = app) and checks.<system>; no lock
+    file is written into the flake."""
+    shutil.copytree(REPO / "tests" / "fixtures" / "foreign" / "flake", project / "theirs")
+    proc = dg(venv, project, "scaffold", "defs", COMPONENT, "flake", "--flake", "theirs")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    defs_yaml = project / "src" / "myproj" / "defs" / "flake" / "defs.yaml"
+    defs_yaml.write_text(defs_yaml.read_text() + "  out_link_dir: .nix-results/flake\n")
+
+    data = listed(venv, project)
+    # default is app's alias; app-runs reaches app alone (its check), both-agree both (an asset), lint neither.
+    assert {a["asset_key"]: sorted(a["dependency_keys"]) for a in data["assets"]} == {
+        "core": [], "app": ["core"], "both-agree": ["app", "core"], "lint": [],
+    }
+    assert sorted([c["asset_key"], c["name"]] for c in data["asset_checks"]) == [["app", "app_runs"]]
+    assert data["jobs"] == [] and [s["name"] for s in data["sensors"]] == ["nix_packages_automation"]
+
+    assert launch_and_read(venv, project) == {
+        "status": "SUCCESS",
+        "materialized": ["app", "both-agree", "core", "lint"],
+        "checks": [["app", "app_runs", True]],
+    }
+    assert (project / ".nix-results" / "flake" / "result-app").read_text() == "app-of-core\n"
+    assert not (project / "theirs" / "flake.lock").exists()

@@ -53,7 +53,7 @@ def nix_build(nix_dir: Path, *attrs: str, extra: tuple[str, ...] = ()) -> subpro
 
 
 def graph(nix_dir: Path, only: str = "") -> subprocess.CompletedProcess:
-    cmd = ["nix-instantiate", "--eval", "--json", "--strict", str(GRAPH_NIX), "--argstr", "dir", str(nix_dir)]
+    cmd = ["nix-instantiate", "--eval", "--json", "--strict", str(GRAPH_NIX), "--argstr", "location", str(nix_dir)]
     return run(cmd + (["--argstr", "only", only] if only else []), nix_dir)
 
 
@@ -80,13 +80,13 @@ def edit(path: Path, old: str, new: str) -> None:
 def test_graph_nix_exports_every_packages_tests_with_blocking_and_description():
     proc = graph(NIX_DIR)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    data = json.loads(proc.stdout)
+    data = json.loads(proc.stdout)["packages"]
     assert {attr: {name: t["blocking"] for name, t in info["tests"].items()} for attr, info in data.items()} == TESTS
     for info in data.values():
         assert info["evalFailed"] is False
         for name, test in info["tests"].items():
             # outputs as a package's: Nix would write a set with an outPath attribute as that string.
-            assert sorted(test) == ["blocking", "description", "drvPath", "outputs"]
+            assert sorted(test) == ["blocking", "description", "drvPath", "outputs", "under"]
             assert test["drvPath"].endswith(f"-test-{name}.drv")
             assert list(test["outputs"]) == ["out"] and test["outputs"]["out"].startswith("/nix/store/")
             assert isinstance(test["description"], str) and test["description"].endswith(".")
@@ -146,7 +146,7 @@ def test_a_package_whose_tests_throw_is_an_evaluation_failure(nix_copy: Path):
          "imports = packageTests.imports { package = dagster-pipes; };", "imports = throw \"tests of pipes broke\";")
     proc = graph(nix_copy)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    data = json.loads(proc.stdout)
+    data = json.loads(proc.stdout)["packages"]
     assert data["dagster-pipes"]["evalFailed"] is True and data["dagster-pipes"]["tests"] == {}
     assert data["dagster"]["evalFailed"] is False and sorted(data["dagster"]["tests"]) == ["imports", "version"]
     alone = graph(nix_copy, only="dagster-pipes")

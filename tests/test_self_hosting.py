@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from dagster_nix_builder.components.package_set import NixPackageSetComponent
-from dagster_nix_builder.nix.graph import local_sources
+from dagster_nix_builder.nix.file_digests import local_sources
 from dagster_nix_builder.nix.settings import bootstrap_nix_config
 
 REPO = Path(__file__).resolve().parents[1]

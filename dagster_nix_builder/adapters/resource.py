@@ -44,8 +44,15 @@ class NixResource(ConfigurableResource):
     )
     nix_dir: str = Field(
         default="nix",
-        description="Package-set directory: `default.nix` plus one `packages/<attr>.nix` per package.",
+        description="Where the package set is: a directory (`default.nix` plus one `packages/<attr>.nix` per "
+        "package), a Nix file or a flake, as `kind` says.",
     )
+    kind: str = Field(default="directory", description="directory | file | flake.")
+    attribute: list[str] | None = Field(
+        default=None, description="Attribute path of the packages in a file or flake (a flake's: packages.<system>)."
+    )
+    select: list[str] | None = Field(default=None, description="Globs of the attribute names to take (all: null).")
+    exclude: list[str] | None = Field(default=None, description="Globs of attribute names to leave out.")
     scope: str | None = Field(
         default="auto",
         description="Passed as `--argstr scope <scope>` (auto | bootstrap | nixpkgs); null to omit.",
@@ -93,6 +100,10 @@ class NixResource(ConfigurableResource):
         """The Nix CLI this resource describes, every ``EnvVar`` resolved."""
         return NixCli(
             nix_dir=str(self.resolved("nix_dir")),
+            kind=str(self.resolved("kind")),
+            attribute=tuple(self.resolved("attribute") or ()),
+            select=tuple(self.resolved("select") or ()),
+            exclude=tuple(self.resolved("exclude") or ()),
             executable=str(self.resolved("executable")),
             scope=self.resolved("scope"),
             nix_args={str(k): str(v) for k, v in (self.resolved("nix_args") or {}).items()},

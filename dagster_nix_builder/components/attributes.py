@@ -1,4 +1,5 @@
-"""``defs.yaml`` attributes: an invalid one named with its file and line, and maps of strings kept as written.
+"""``defs.yaml`` attributes: an invalid one named with its file and line, maps of strings kept as written, and
+the nested ``translation`` and ``publish`` models.
 
 Dagster renders every attribute as a native Jinja template, which turns a string that looks like a Python
 literal into one: ``nix_args: {version: '1.10'}`` would reach Nix as ``1.1``, ``'007'`` as ``7``. A
@@ -15,8 +16,9 @@ from typing import Annotated, Any
 import jinja2
 import yaml
 from dagster import Resolver
+from dagster.components import Model, Resolvable
 from dagster.components.resolved.context import ResolutionContext
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 
 def _render_as_text(context: ResolutionContext, value: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -66,3 +68,30 @@ def attribute_errors(path: Path, exc: ValidationError) -> str:
         where = attribute_location(path, *keys)
         lines.append(f"{where}: attributes.{'.'.join(keys)}: {error['msg']} (got {error['input']!r})")
     return "\n".join(lines)
+
+
+# ---- nested attributes ----
+
+
+class NixTranslation(Model, Resolvable):
+    """How packages become asset specs (:class:`DagsterNixTranslatorSettings`)."""
+
+    group_name: str | None = Field(default="nix", description="Asset group of the packages.")
+    key_prefix: list[str] = Field(default_factory=list, description="Prefix of every asset key.")
+    code_versions: bool = Field(default=True, description="code_version = derivation hash.")
+    checks: bool = Field(default=True, description="A check per passthru.tests test.")
+
+
+class NixPublish(Model, Resolvable):
+    """Where to publish (:class:`~dagster_nix_builder.publish.assets.PublishSettings`): ``published/<attr>`` assets."""
+
+    cache_url: str | None = Field(
+        default=None, description="Binary cache `nix copy` writes to, e.g. file:///srv/nix-cache; null: no publishing."
+    )
+    secret_key_file: str | None = Field(default=None, description="Signing key, outside the repository.")
+    cache_http_url: str | None = Field(default=None, description="Where consumers substitute from.")
+    index_repository_url: str | None = Field(default=None, description="Python package index upload URL.")
+    index_url: str | None = Field(default=None, description="Its simple index (the installs check).")
+    index_username: str | None = Field(default=None, description="Index user.")
+    index_password_env: str | None = Field(default=None, description="Variable holding the index password.")
+    allow_nonreproducible: bool = Field(default=False, description="Publish what does not rebuild identically.")

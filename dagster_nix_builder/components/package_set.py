@@ -54,24 +54,26 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator
 from dagster_nix_builder.adapters.assets import nix_assets
 from dagster_nix_builder.adapters.resource import NixResource
 from dagster_nix_builder.adapters.translator import DagsterNixTranslator, DagsterNixTranslatorSettings
-from dagster_nix_builder.components.attributes import TextMap, attribute_errors, attribute_location
+from dagster_nix_builder.components.attributes import (
+    NixPublish,
+    NixTranslation,
+    TextMap,
+    attribute_errors,
+    attribute_location,
+)
 from dagster_nix_builder.components.scaffolder import NixPackageSetScaffolder
+from dagster_nix_builder.components.sources import source_errors
 from dagster_nix_builder.components.update import include_update
 from dagster_nix_builder.nix import graph as graph_module
 from dagster_nix_builder.nix.errors import NixConfigError
-from dagster_nix_builder.nix.graph import (
-    evaluate_package_set,
-    graph_from_document,
-    local_sources,
-    local_sources_digest,
-    tree_digest,
-)
+from dagster_nix_builder.nix.file_digests import local_sources, local_sources_digest, tree_digest
+from dagster_nix_builder.nix.graph import evaluate_package_set, graph_from_document
 from dagster_nix_builder.nix.output import nix_store_dir
 from dagster_nix_builder.nix.settings import DEFAULT_HOST_PYTHON, DEFAULT_NIX_CONFIG
 from dagster_nix_builder.publish.assets import PublishSettings, publish_assets
 from dagster_nix_builder.upstream.sensors import package_automation_condition, update_definitions
 
-STATE_FORMAT = 2  # 2: the graph as graph.nix gave it (evaluate_package_set)
+STATE_FORMAT = 3  # 3: the graph of any source, its edges read from the derivations (evaluate_package_set)
 
 
 # ---- the fingerprint ----------------------------------------------------------------------------------
@@ -101,36 +103,24 @@ def _code_digest() -> str:
 # ---- the component ------------------------------------------------------------------------------------
 
 
-class NixTranslation(Model, Resolvable):
-    """How packages become asset specs (:class:`DagsterNixTranslatorSettings`)."""
-
-    group_name: str | None = Field(default="nix", description="Asset group of the packages.")
-    key_prefix: list[str] = Field(default_factory=list, description="Prefix of every asset key.")
-    code_versions: bool = Field(default=True, description="code_version = derivation hash.")
-    checks: bool = Field(default=True, description="A check per passthru.tests test.")
-
-
-class NixPublish(Model, Resolvable):
-    """Where to publish (:class:`~dagster_nix_builder.publish.assets.PublishSettings`): ``published/<attr>`` assets."""
-
-    cache_url: str | None = Field(
-        default=None, description="Binary cache `nix copy` writes to, e.g. file:///srv/nix-cache; null: no publishing."
-    )
-    secret_key_file: str | None = Field(default=None, description="Signing key, outside the repository.")
-    cache_http_url: str | None = Field(default=None, description="Where consumers substitute from.")
-    index_repository_url: str | None = Field(default=None, description="Python package index upload URL.")
-    index_url: str | None = Field(default=None, description="Its simple index (the installs check).")
-    index_username: str | None = Field(default=None, description="Index user.")
-    index_password_env: str | None = Field(default=None, description="Variable holding the index password.")
-    allow_nonreproducible: bool = Field(default=False, description="Publish what does not rebuild identically.")
-
-
 @scaffold_with(NixPackageSetScaffolder)
 class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
     """Every package of a Nix package set an asset, every build a materialization; the graph evaluated by
     Nix once and kept as the component's state until a file of the set or a Nix-relevant attribute changes."""
 
-    package_set: str = Field(default="nix", description="Package-set directory (relative: to the project).")
+    package_set: str | None = Field(
+        default=None, description="A callPackage directory (relative: to the project); default nix."
+    )
+    file: str | None = Field(
+        default=None, description="A Nix file of the packages, instead (relative: to the project)."
+    )
+    flake: str | None = Field(default=None, description="A flake (a directory or flake reference), instead.")
+    attribute: str | None = Field(
+        default=None, description="Attribute path of the packages in the file or flake (flake: packages.<system>)."
+    )
+    args: TextMap = Field(default=None, description="Arguments of the file's function (`--argstr <k> <v>`).")
+    select: list[str] | None = Field(default=None, description="Globs of the attribute names to take (null: all).")
+    exclude: list[str] | None = Field(default=None, description="Globs of attribute names to leave out.")
     executable: str = Field(default="nix", description="The `nix` executable (on PATH or a path).")
     scope: str | None = Field(default="auto", description="auto | bootstrap | nixpkgs; null: none.")
     nix_args: TextMap = Field(default=None, description="Further `--argstr <k> <v>`.")
@@ -158,7 +148,7 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
     _defs_path: Path | None = PrivateAttr(default=None)  # its defs.yaml (or folder), for errors
     _known_sources: list[dict[str, Any]] = PrivateAttr(default_factory=list)  # the last state's local sources
 
-    @field_validator("nix_args", "extra_options", mode="before")
+    @field_validator("nix_args", "extra_options", "args", mode="before")
     @classmethod
     def _strings(cls, value: Any) -> Any:
         # From Python a number may come in; Nix takes strings (defs.yaml's text is kept: TextMap).
@@ -175,7 +165,16 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
         component._project_root = context.project_root
         component._defs_module = (context.defs_module_name, context.defs_module_path)
         component._defs_path = context.path
+        component._check_source()
         return component
+
+    def _check_source(self) -> None:
+        """One source, and only the attributes it takes (:func:`source_errors`)."""
+        problems = source_errors(self.package_set, self.file, self.flake, self.attribute, self.args)
+        if problems:
+            key, message = problems[0]
+            where = attribute_location(self._defs_path, key) if self._defs_path else type(self).__name__
+            raise NixConfigError(f"{where}: attributes.{key}: {message}")
 
     # ---- paths and the resource ----
 
@@ -188,27 +187,47 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
         return (self.project_root / value).resolve()
 
     @property
+    def kind(self) -> str:
+        return "file" if self.file else "flake" if self.flake else "directory"
+
+    @property
+    def location(self) -> str:
+        """The source as Nix is given it: an absolute path, or a flake reference that is not a path."""
+        value = self.file or self.flake or self.package_set or "nix"
+        if self.kind == "flake" and re.match(r"[a-z][a-z0-9+]*:", value) and not value.startswith("path:"):
+            return value
+        return str(self._path(value.removeprefix("path:")))
+
+    @property
     def package_dir(self) -> Path:
-        return self._path(self.package_set)
+        """The folder whose files the evaluation reads: the set's directory, the file's, the flake's."""
+        location = Path(self.location)
+        return location.parent if self.kind == "file" else location
 
     @property
     def defs_state_config(self) -> DefsStateConfig:
         return DefsStateConfig.from_args(
-            self.defs_state, default_key=f"NixPackageSetComponent[{self.package_set}]"
+            self.defs_state,
+            default_key=f"NixPackageSetComponent[{self.file or self.flake or self.package_set or 'nix'}]",
         )
 
-    def nix_resource(self) -> NixResource:
-        """The resource the assets build with (every path absolute)."""
+    def nix_resource(self, takes: Sequence[str] | None = None) -> NixResource:
+        """The resource the assets build with (every path absolute). ``takes``: the arguments the directory's
+        function takes, when known (the state's): ``scope`` is passed only to a set that takes it."""
         return NixResource(
             executable=self.executable,
-            nix_dir=str(self.package_dir),
-            scope=self.scope,
+            nix_dir=self.location,
+            kind=self.kind,
+            attribute=self.attribute.split(".") if self.attribute else None,
+            select=self.select,
+            exclude=self.exclude,
+            scope=self.scope if takes is None or "scope" in takes else None,
             out_link_dir=str(self._path(self.out_link_dir)),
             max_jobs=self.max_jobs,
             cores=self.cores,
             builders=self.builders,
             extra_options=self.extra_options,
-            nix_args=self.nix_args,
+            nix_args={**(self.nix_args or {}), **(self.args or {})} or None,
             nix_config=self.nix_config,
         )
 
@@ -232,7 +251,8 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
         return {
             "format": STATE_FORMAT,
             "package_set": str(self.package_dir),
-            "files": tree_digest(self.package_dir) if self.package_dir.is_dir() else None,
+            "source": [self.kind, self.location, self.attribute, self.select, self.exclude, self.args],
+            "files": self._files_digest(),
             "executable": self.executable,
             "nix": _file_identity(shutil.which(self.executable)),
             "host_python": _file_identity(nix_args.get("hostPython", DEFAULT_HOST_PYTHON)),
@@ -244,6 +264,16 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
             "code": _code_digest(),
             "local_sources": local_sources_digest(sources),
         }
+
+    def _files_digest(self) -> str | None:
+        """The files the evaluation reads: a directory's all; a file's or flake's folder but what this component
+        and Dagster write there (out-links, state, virtualenvs), which would make every load stale."""
+        if not self.package_dir.is_dir():
+            return None
+        if self.kind == "directory":
+            return tree_digest(self.package_dir)
+        written = {".local_defs_state", ".nix-results", Path(self.out_link_dir).name, ".venv", "__pycache__"}
+        return tree_digest(self.package_dir, exclude=written)
 
     def fingerprint(self, sources: Sequence[Mapping[str, Any]] = ()) -> str:
         return hashlib.sha256(json.dumps(self.fingerprint_inputs(sources), sort_keys=True).encode()).hexdigest()
@@ -331,9 +361,7 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
         self._known_sources = local_sources(state["graph"]) if state else []
         stale = state is None or state.get("fingerprint") != self.fingerprint(self._known_sources)
         # A run worker (reconstruction) builds from the state its code server loaded, fresh or not.
-        if state is None or (
-            (stale or forced) and load_context.load_type == DefinitionsLoadType.INITIALIZATION
-        ):
+        if state is None or ((stale or forced) and load_context.load_type == DefinitionsLoadType.INITIALIZATION):
             version = asyncio.run(self.refresh_state(context.project_root))
             load_context.add_defs_state_info(config.key, version)
             state = self._current_state(context)
@@ -358,7 +386,7 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
         )
         packages = Definitions(
             assets=[nix_assets(graph, translator=self.translator())],
-            resources={"nix": self.nix_resource()},
+            resources={"nix": self.nix_resource(state["graph"].get("takes"))},
             sensors=[automation] if self.automation else [],
             # All packages are built by one step (one `nix build`): a step subprocess would only load the
             # definitions a second time.
@@ -373,8 +401,9 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
             translator = self.translator()
             keys = {attr: translator.get_asset_key(attr) for attr in graph if graph[attr].outputs}
             settings = PublishSettings(**{**self.publish.model_dump(), "index_url": self.publish.index_url or None})
-            packages = Definitions.merge(packages, Definitions(
-                assets=[publish_assets(graph, keys, settings, group_name="published")]))
+            packages = Definitions.merge(
+                packages, Definitions(assets=[publish_assets(graph, keys, settings, group_name="published")])
+            )
         where = attribute_location(self._defs_path, "include_update") if self._defs_path else type(self).__name__
         if not include_update(self.include_update, graph, self.package_dir, where):
             return packages

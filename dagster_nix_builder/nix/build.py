@@ -38,6 +38,7 @@ from dagster_nix_builder.nix.log_format import (
     parse_line,
 )
 from dagster_nix_builder.nix.outcomes import Note, Outcome, PackageOutcome, Status, Tail, Target, TestOutcome
+from dagster_nix_builder.nix.package_source import attr_path_text
 
 LOG_TAIL_LINES = 25
 # At most this often (and after this long without a word from Nix) ask whether pending outputs became
@@ -46,6 +47,7 @@ PROBE_INTERVAL_S = 1.0
 DRV_IN_TEXT = re.compile(r"/nix/store/[0-9a-z]{32}-[^\s'\"`]+\.drv")
 # What Nix says when `--rebuild` gives an output other than the valid one.
 NONDETERMINISTIC = "may not be deterministic"
+
 
 @dataclass
 class _Build:
@@ -78,7 +80,7 @@ class NixBuild:
         # Most downstream first: Nix starts its goals in the order named, and the longest chains first make
         # a shorter cold build (dependencies-first was 1.5-3.7 s slower in each of three paired runs of the
         # whole set on 2 cores; downstream-first and alphabetical were even).
-        buildable = [t.installable for t in reversed(self.targets) if t not in self.unevaluable]
+        buildable = [self._installable(t) for t in reversed(self.targets) if t not in self.unevaluable]
         self.command = cli.build_command(buildable, rebuild=rebuild)
         self._log = log or (lambda message: print(message, flush=True))
         self._by_drv = {self._drv(t): t for t in self.targets}
@@ -99,6 +101,15 @@ class NixBuild:
         self._deferred: set[Target] = set()  # valid, seen by a probe before the log caught up (see _probe)
         self._started = False
 
+    def _installable(self, target: Target) -> str | tuple[str, ...]:
+        """The attribute path Nix builds for ``target`` (a flake check's is its own, under ``checks``)."""
+        package = self.graph[target.attr]
+        own = package.attr_path if target.test is None else package.tests[target.test].attr_path
+        if own:
+            return own
+        if target.test is None:
+            return attr_path_text((target.attr,))
+        return attr_path_text((target.attr, *package.tests[target.test].under.split("."), target.test))
 
     def _drv(self, target: Target) -> str:
         package = self.graph[target.attr]
@@ -107,7 +118,6 @@ class NixBuild:
     def _paths(self, target: Target) -> list[str]:
         package = self.graph[target.attr]
         return list(package.outputs.values()) if target.test is None else [package.tests[target.test].out_path]
-
 
     def start(self) -> NixBuild:
         """Report what is valid already (unless rebuilding), then start Nix; returns self."""
@@ -144,7 +154,7 @@ class NixBuild:
         Nix 2.8 fails a build that names ``<attr>.dist`` beside what needs ``<attr>``'s valid ``out``
         ("requires non-existent output", NixOS/nix#6572)."""
         package = self.graph[target.attr]
-        names = [f"{target.attr}.{name}" for name, path in package.outputs.items() if path in missing]
+        names = [attr_path_text((target.attr, name)) for name, path in package.outputs.items() if path in missing]
         self._log(f"Building the missing outputs of {target.attr} first: {', '.join(names)}")
         started = time.monotonic()
         try:
@@ -172,7 +182,6 @@ class NixBuild:
         if self.process is not None and self.process.poll() is None:
             self._log(f"Stopping nix (pid {self.process.pid})")
             self.returncode = processes.stop_group(self.process)
-
 
     def _events(self, idle: float | None = None) -> Iterator[NixLogEvent | None]:
         """Parsed stderr events, plus ``None`` after each ``idle`` seconds without a line from Nix."""
@@ -225,8 +234,10 @@ class NixBuild:
         probe = False
         # Ticks that may mean another process finished a target we wait for: progress of the builds
         # activity, the end of a wait for a lock, or a quiet while. Probed at most every PROBE_INTERVAL_S.
-        tick = event is None or (isinstance(event, ActivityProgress) and event.id == self._builds_activity) or (
-            isinstance(event, ActivityStopped) and event.id in self._waits
+        tick = (
+            event is None
+            or (isinstance(event, ActivityProgress) and event.id == self._builds_activity)
+            or (isinstance(event, ActivityStopped) and event.id in self._waits)
         )
         if isinstance(event, ActivityStarted):
             if event.type == ActivityType.BUILDS:
@@ -270,8 +281,13 @@ class NixBuild:
         # Nix is asked only about targets whose outputs may be valid by the file system's account (on disk
         # and canonicalised): each query is a process that takes CPU from the builds, and most probes of a
         # cold run would find nothing. Ticks leave out what this nix is building, too.
-        candidates = [t for t in self.targets if t not in self._outcomes and t not in self._deferred
-                      and (building_too or self._drv(t) not in self._builds)]
+        candidates = [
+            t
+            for t in self.targets
+            if t not in self._outcomes
+            and t not in self._deferred
+            and (building_too or self._drv(t) not in self._builds)
+        ]
         not_yet = self.cli.surely_invalid_paths([p for t in candidates for p in self._paths(t)])
         pending = [t for t in candidates if not not_yet.intersection(self._paths(t))]
         if not pending:
@@ -310,7 +326,8 @@ class NixBuild:
         seconds = round(((build.finished or time.monotonic()) - build.started) if build else 0.0, 3)
         pkg, now = self.graph[t.attr], build is not None
         self._outcomes[t] = (
-            PackageOutcome(t.attr, pkg, status, now, seconds, reason, tuple(tail)) if t.test is None
+            PackageOutcome(t.attr, pkg, status, now, seconds, reason, tuple(tail))
+            if t.test is None
             else TestOutcome(t.attr, pkg.tests[t.test], status, now, seconds, reason, tuple(tail), note)
         )
         return self._outcomes[t]
@@ -372,8 +389,11 @@ class NixBuild:
         if culprits:
             attrs = self.graph.by_drv_path()  # a culprit not selected is named by its attribute too
             names = [self._by_drv[d].installable if d in self._by_drv else attrs.get(d, d) for d in culprits]
-            tail = [line for culprit, name in zip(culprits, names, strict=True)
-                    for line in (f"--- log tail of {name} ({culprit}) ---", *self._builds[culprit].log)]
+            tail = [
+                line
+                for culprit, name in zip(culprits, names, strict=True)
+                for line in (f"--- log tail of {name} ({culprit}) ---", *self._builds[culprit].log)
+            ]
             return f"dependency failed: {', '.join(names)}", tail
         if self.returncode is not None and self.returncode < 0:
             return f"nix was stopped (signal {-self.returncode}) before {target.installable} was built", []
@@ -385,8 +405,11 @@ class NixBuild:
 
     def raise_for_failures(self, failures: dict[str, str] | None = None) -> None:
         """Raise :class:`NixBuildError` if targets failed, :class:`NixCommandError` if Nix failed."""
-        failures = failures if failures is not None else {
-            t.installable: o.reason or "failed" for t, o in self._outcomes.items() if not o.ok}
+        failures = (
+            failures
+            if failures is not None
+            else {t.installable: o.reason or "failed" for t, o in self._outcomes.items() if not o.ok}
+        )
         if failures:
             raise NixBuildError(self.command, self.returncode, self.errors, failures)
         if self.returncode not in (0, None):

@@ -25,6 +25,7 @@ from dagster_nix_builder.nix import processes
 from dagster_nix_builder.nix.errors import NixCommandError, NixNotFoundError, NixPackageSetError
 from dagster_nix_builder.nix.log_format import error_messages
 from dagster_nix_builder.nix.output import Derivation, NixVersion, parse_derivation_show, parse_path_info, parse_version
+from dagster_nix_builder.nix.package_source import PackageSource, args_for, attr_path_text
 from dagster_nix_builder.nix.settings import DEFAULT_HOST_PYTHON, DEFAULT_NIX_CONFIG, nix_config_for_scope
 
 NIX_BASE32_CHARS = "0123456789abcdfghijklmnpqrsvwxyz"
@@ -34,6 +35,8 @@ command_logger = logging.getLogger("dagster_nix_builder.commands")
 
 # `nix --version` per executable path: asked once per process, not once per run or package.
 _VERSIONS: dict[str, NixVersion] = {}
+# builtins.currentSystem per executable path (a flake's packages.<system>).
+_SYSTEMS: dict[str, str] = {}
 
 # JSON files of a package set that its Nix code reads with builtins.fromJSON, relative to nix_dir. Nix's
 # own parse error names neither the file nor the line, so they are parsed here first.
@@ -42,9 +45,15 @@ JSON_INPUTS = ("pins.json", "bootstrap/wheels.json")
 
 @dataclass(frozen=True)
 class NixCli:
-    """How to run Nix against one package-set directory; every value already resolved."""
+    """How to run Nix against one package set; every value already resolved. ``nix_dir`` is where the set is
+    (a directory, a Nix file or a flake, as ``kind`` says), narrowed by ``attribute``, ``select`` and ``exclude``
+    (:class:`~dagster_nix_builder.nix.package_source.PackageSource`)."""
 
     nix_dir: str = "nix"
+    kind: str = "directory"
+    attribute: tuple[str, ...] = ()
+    select: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
     executable: str = "nix"
     scope: str | None = "auto"
     nix_args: Mapping[str, str] = field(default_factory=dict)
@@ -75,18 +84,51 @@ class NixCli:
             raise NixNotFoundError(tool)
         return found
 
+    @cached_property
+    def source(self) -> PackageSource:
+        """Where the package set is (raises :class:`NixPackageSetError` for a bad attribute path or glob)."""
+        return PackageSource(self.kind, self.nix_dir, self.attribute, self.select, self.exclude)  # type: ignore[arg-type]
+
     @property
     def package_dir(self) -> str:
-        """The package-set directory, absolute."""
-        return str(Path(self.nix_dir).resolve())
+        """The package set's location, absolute: its directory, its file, or a flake's directory or reference."""
+        path = self.source.path
+        return str(path) if path is not None else self.nix_dir
 
     def package_args(self) -> dict[str, str]:
-        """Arguments passed to the package set's function (scope and ``nix_args``)."""
+        """Arguments passed to the package set's function: a directory's ``scope`` and ``nix_args``; a file's
+        ``nix_args`` alone (its user wrote them); a flake's none."""
         args: dict[str, str] = {}
-        if self.scope:
+        if self.scope and self.kind == "directory":
             args["scope"] = str(self.scope)
         args.update({str(k): str(v) for k, v in self.nix_args.items()})
-        return args
+        return args_for(self.source, args)
+
+    def current_system(self) -> str:
+        """Nix's ``builtins.currentSystem`` (asked once per executable)."""
+        exe = self.executable_path
+        if exe not in _SYSTEMS:
+            command = [self.tool_path("nix-instantiate"), "--eval", "--json", "--expr", "builtins.currentSystem"]
+            _SYSTEMS[exe] = json.loads(self.run(command).stdout)
+        return _SYSTEMS[exe]
+
+    def set_path(self) -> tuple[str, ...]:
+        """The attribute path of the packages inside the file or flake (a flake's: ``packages.<system>``)."""
+        return self.source.set_path(self.current_system() if self.kind == "flake" else "")
+
+    def checks_path(self) -> tuple[str, ...]:
+        """A flake's ``checks.<system>``; empty for the other kinds."""
+        return (self.source.checks_path(self.current_system()) or ()) if self.kind == "flake" else ()
+
+    def installable(self, path: str | tuple[str, ...]) -> str:
+        """What ``nix build`` takes for ``path``: a str is an attribute path of the package set as dotted text
+        (``base``, ``mid.tests.imports``), a tuple an attribute path from the file's or flake's top (a flake's
+        check)."""
+        if isinstance(path, tuple):
+            text = attr_path_text(path)
+        else:
+            text = ".".join(filter(None, [attr_path_text(self.set_path()), path]))
+        return f"{self.source.flake_ref}#{text}" if self.kind == "flake" else text
 
     def argstrs(self) -> list[str]:
         """:meth:`package_args` as ``--argstr`` flags."""
@@ -97,8 +139,14 @@ class NixCli:
         scope's builders borrow, when the package set uses it)."""
         env = dict(os.environ)
         args = self.package_args()
+        config = self.nix_config + (
+            "\nextra-experimental-features = nix-command flakes" if self.kind == "flake" else ""
+        )
+        if self.kind != "directory":  # only a set that takes `scope` gets the bootstrap scope's sandbox paths
+            env["NIX_CONFIG"] = config
+            return env
         env["NIX_CONFIG"] = nix_config_for_scope(
-            self.nix_config, args.get("scope"), host_python=args.get("hostPython", DEFAULT_HOST_PYTHON),
+            config, args.get("scope"), host_python=args.get("hostPython", DEFAULT_HOST_PYTHON),
             nix_instantiate=self.tool_path("nix-instantiate"), nix_dir=self.nix_dir,
         )  # fmt: skip
         return env
@@ -117,12 +165,12 @@ class NixCli:
         """``nix-store <args>``."""
         return [self.tool_path("nix-store"), *args]
 
-    def build_command(self, installables: Sequence[str], *, rebuild: bool = False) -> list[str]:
-        """The one ``nix build`` of a run: all ``installables`` (attribute paths of the package set) at
-        once, keep going, JSON on stdout. ``rebuild``: build valid outputs again and compare (``--rebuild``)."""
-        command = self.nix_command(
-            "build", "--file", self.package_dir, *self.argstrs(), "--keep-going", "--json", "--no-link",
-        )  # fmt: skip
+    def build_command(self, installables: Sequence[str | tuple[str, ...]], *, rebuild: bool = False) -> list[str]:
+        """The one ``nix build`` of a run: all ``installables`` (attribute paths of the package set, see
+        :meth:`installable`) at once, keep going, JSON on stdout. ``rebuild``: build valid outputs again and
+        compare (``--rebuild``). A flake's lock file is never written."""
+        where = ["--no-write-lock-file"] if self.kind == "flake" else ["--file", self.package_dir, *self.argstrs()]
+        command = self.nix_command("build", *where, "--keep-going", "--json", "--no-link")
         if rebuild:
             command.append("--rebuild")
         if self.max_jobs is not None:
@@ -133,7 +181,7 @@ class NixCli:
             command += ["--builders", self.builders]
         for name, value in self.extra_options.items():
             command += ["--option", str(name), str(value)]
-        return [*command, *installables]
+        return [*command, *map(self.installable, installables)]
 
     # ---- running ---------------------------------------------------------------------------------
 
@@ -236,7 +284,7 @@ class NixCli:
 
     def check_json_inputs(self) -> None:
         """Raise :class:`NixPackageSetError` naming the file, line and column of an invalid JSON input."""
-        for name in JSON_INPUTS:
+        for name in JSON_INPUTS if self.kind == "directory" else ():
             path = Path(self.nix_dir) / name
             if not path.is_file():
                 continue

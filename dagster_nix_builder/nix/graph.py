@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
@@ -14,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
-from dagster_nix_builder.nix import processes
+from dagster_nix_builder.nix import derivations, processes
 from dagster_nix_builder.nix.cli import NixCli, log_command
 from dagster_nix_builder.nix.errors import NixDependencyCycleError, NixEvalError, NixPackageSetError, missing_name_hint
 from dagster_nix_builder.nix.log_format import error_messages
@@ -45,6 +43,11 @@ class NixTest:
     blocking: bool = False
     """Whether packages downstream are unusable when it fails (they are then not materialized)."""
     description: str | None = None
+    attr_path: tuple[str, ...] | None = None
+    """Its attribute path from the file's or flake's top when it is not the package's (a flake check)."""
+    under: str = "tests"
+    """Where the package holds it: ``tests`` (nixpkgs' passthru attributes are the derivation's) or
+    ``passthru.tests``."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,9 @@ class NixPackage:
     executables: tuple[str, ...] | None = None
     tests: Mapping[str, NixTest] = field(default_factory=dict)
     """The package's ``passthru.tests`` by name."""
+    attr_path: tuple[str, ...] | None = None
+    """Its attribute path from the file's or flake's top when it is not one of the set (a flake check standing
+    on its own)."""
     eval_error: str | None = None
     """Why the package's derivation failed to evaluate (then ``drv_path`` and ``outputs`` are a stand-in
     that is never valid, so building the package fails with Nix's error); None when it evaluates."""
@@ -168,7 +174,7 @@ def _toposort(packages: Mapping[str, NixPackage]) -> list[str]:
             if state.get(dep) == 2:
                 continue
             if state.get(dep) == 1:
-                cycle = [*path[path.index(dep):], dep]
+                cycle = [*path[path.index(dep) :], dep]
                 raise NixDependencyCycleError(cycle, {a: packages[a].file for a in cycle if packages[a].file})  # type: ignore[misc]
             state[dep] = 1
             path.append(dep)
@@ -195,23 +201,27 @@ def _eval_error(command: Sequence[str], proc: subprocess.CompletedProcess[str]) 
     )
 
 
-def _evaluate(nix: NixCli, nix_dir: str, with_info: bool, only: str = "") -> dict:
-    command = nix.instantiate_command(
-        "--eval",
-        "--json",
-        "--strict",
-        graph_nix_path(),
-        "--argstr",
-        "dir",
-        nix_dir,
-        "--argstr",
-        "argsJson",
-        json.dumps(nix.package_args(), sort_keys=True),
-        "--argstr",
-        "withInfo",
-        "1" if with_info else "0",
-        *(["--argstr", "only", only] if only else []),
-    )
+def _evaluate(
+    nix: NixCli, with_info: bool, only: str = "", attrs: Sequence[str] | None = None, checks: bool = True
+) -> dict:
+    source = nix.source
+    options = {
+        "kind": source.kind,
+        "location": source.flake_ref if source.kind == "flake" else nix.package_dir,
+        "attribute": json.dumps(nix.set_path()),
+        "checksJson": json.dumps(nix.checks_path()),
+        "argsJson": json.dumps(nix.package_args(), sort_keys=True),
+        "selectJson": json.dumps(source.regexes()["select"]),
+        "excludeJson": json.dumps(source.regexes()["exclude"]),
+        "withInfo": "1" if with_info else "0",
+        "withChecks": "1" if checks else "0",
+        "only": only,
+        "attrsJson": json.dumps(list(attrs)) if attrs is not None else "",
+    }
+    # --read-write-mode: the derivations are written to the store, where derivations.py reads their inputs.
+    mode = ["--read-write-mode"] if with_info and not only else []
+    arguments = [flag for key, value in options.items() for flag in ("--argstr", key, value)]
+    command = nix.instantiate_command("--eval", "--json", "--strict", *mode, graph_nix_path(), *arguments)
     log_command(command)
     proc = processes.run(command, capture_output=True, text=True, env=nix.subprocess_env())
     if proc.returncode != 0:
@@ -220,84 +230,81 @@ def _evaluate(nix: NixCli, nix_dir: str, with_info: bool, only: str = "") -> dic
 
 
 def load_package_graph(nix: NixCli | HasNixCli) -> NixPackageGraph:
-    """Evaluate the package set of ``nix.nix_dir`` and return its graph (see :func:`evaluate_package_set`)."""
+    """Evaluate the package set of ``nix`` and return its graph (see :func:`evaluate_package_set`)."""
     return graph_from_document(evaluate_package_set(nix))
 
 
+def _require_location(nix: NixCli) -> None:
+    source, where = nix.source, nix.package_dir
+    if source.kind == "directory" and not (Path(where) / "default.nix").is_file():
+        raise NixPackageSetError(f"No default.nix in Nix package-set directory {where!r}.")
+    if source.kind == "file" and not Path(where).is_file():
+        raise NixPackageSetError(f"No Nix file {where!r} (the package set's `file`).")
+    if source.kind == "flake" and source.path is not None and not (source.path / "flake.nix").is_file():
+        raise NixPackageSetError(f"No flake.nix in {str(source.path)!r} (the package set's `flake`).")
+
+
 def evaluate_package_set(nix: NixCli | HasNixCli) -> dict[str, Any]:
-    """Evaluate the package set of ``nix.nix_dir``: a JSON document of what ``graph.nix`` said (``nix_dir``,
-    ``packages``, and ``eval_errors`` of packages whose derivation throws), which :func:`graph_from_document`
-    reads without Nix (a component keeps it as its state).
+    """Evaluate the package set of ``nix``: a JSON document of what ``graph.nix`` said (``nix_dir``,
+    ``packages`` with their dependencies read from the derivations, a flake's ``checks`` attached to them,
+    ``eval_errors`` of packages that failed to evaluate, ``takes``: the arguments a directory's function takes),
+    which :func:`graph_from_document` reads without Nix (a component keeps it as its state).
+
+    A package that fails to evaluate fails alone: ``throw`` and ``assert`` are caught in Nix; an ``abort`` or a
+    missing attribute, which end a whole evaluation, are found by evaluating halves of the set.
 
     Raises:
-        NixPackageSetError: the directory has no ``default.nix``, a JSON file it reads is invalid (names
-            file and line), or a test's name cannot be a check name (names the file).
-        NixEvalError: Nix failed to evaluate (names file and line for syntax errors).
+        NixPackageSetError: the location is missing, a JSON file it reads is invalid (names file and line),
+            or a test's name cannot be a check name (names the file).
+        NixEvalError: Nix failed to evaluate the set itself (names file and line for syntax errors).
         NixDependencyCycleError: the packages' formal arguments form a cycle.
         NixVersionError: the Nix is older than the oldest supported.
     """
     if not isinstance(nix, NixCli):
         nix = nix.cli()
     nix.nix_version()  # fail first, and clearly, on a Nix too old for what follows
-    nix_dir = nix.package_dir
     nix.check_json_inputs()
-    if not (Path(nix_dir) / "default.nix").is_file():
-        raise NixPackageSetError(f"No default.nix in Nix package-set directory {nix_dir!r}.")
+    _require_location(nix)
+    errors: dict[str, str] = {}
     try:
-        data = _evaluate(nix, nix_dir, with_info=True)
+        data = _evaluate(nix, with_info=True)
     except NixEvalError as info_error:
         # A cycle makes forcing the derivations recurse forever; ask for the bare graph to say so clearly.
         try:
-            bare = _evaluate(nix, nix_dir, with_info=False)
+            bare = _evaluate(nix, with_info=False, checks=False)
         except NixEvalError:
             raise info_error from None
-        _toposort(_packages(bare))
-        raise
-    package_graph_from_json(nix_dir, data)  # a cycle or a bad test name fails here, before any message query
-    errors = {attr: _eval_error_of(nix, nix_dir, attr) for attr in data if data[attr].get("evalFailed")}
-    return {"nix_dir": nix_dir, "packages": data, "eval_errors": errors}
+        _toposort(_packages(bare["packages"]))
+        data = {**bare, "checks": _evaluate(nix, with_info=True, attrs=[])["checks"]}
+        data["packages"] = _isolate(nix, bare["packages"], list(bare["packages"]), errors)
+    packages = data["packages"]
+    skipped = sorted(attr for attr, info in packages.items() if info.get("notDerivation"))
+    for attr in skipped:
+        del packages[attr]
+    package_graph_from_json(
+        nix.package_dir, packages
+    )  # a cycle or a bad test name fails here, before any message query
+    errors.update({a: _eval_error_of(nix, a) for a in packages if packages[a].get("evalFailed") and a not in errors})
+    aliases = derivations.drop_aliases(packages)
+    derivations.derivation_deps(packages, data.get("checks") or {}, nix.checks_path())
+    return {
+        "nix_dir": nix.package_dir, "kind": nix.kind, "packages": packages, "eval_errors": errors,
+        "takes": data.get("takes") or [], "skipped": skipped, "aliases": aliases,
+    }  # fmt: skip
 
 
-def tree_digest(path: Path, *, exclude: Iterable[str] = (), suffixes: Iterable[str] = ()) -> str:
-    """Content hash of the file ``path`` or of every file under it (relative paths and bytes, sorted order),
-    leaving out ``.git`` and any file or directory named in ``exclude`` or ending in one of ``suffixes``."""
-    skip, ends = {".git", *exclude}, tuple(suffixes)
-    digest = hashlib.sha256()
-    files = [path] if not path.is_dir() else []
-    for root, dirs, names in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if d not in skip and not d.endswith(ends))
-        files += [Path(root) / n for n in sorted(names) if n not in skip and not n.endswith(ends)]
-    for file in files:
-        digest.update(str(file.relative_to(path)).encode() + b"\0")
-        try:
-            digest.update(hashlib.sha256(file.read_bytes()).digest())
-        except OSError as exc:  # a dangling out-link, a missing file: its absence is its content
-            digest.update(f"unreadable: {exc.__class__.__name__}".encode())
-    return digest.hexdigest()
-
-
-def local_sources(document: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """What the packages of an :func:`evaluate_package_set` document take from outside the package-set
-    directory: each one's ``passthru.localSources`` (``root``, ``include``, ``exclude``, ``excludeSuffixes``:
-    the rules of its ``builtins.path`` filter, e.g. this project's own package), in a stable order."""
-    found = [info["localSources"] for info in document.get("packages", {}).values() if info.get("localSources")]
-    return sorted(found, key=lambda spec: json.dumps(spec, sort_keys=True))
-
-
-def local_sources_digest(sources: Iterable[Mapping[str, Any]]) -> str:
-    """Content hash of the files ``sources`` select, by the rules their Nix filter applies: every path of
-    ``include`` under ``root`` (a directory with all beneath it) but names in ``exclude`` (at any depth) and
-    names ending in one of ``excludeSuffixes``. Without Nix, so a component's fingerprint can include it."""
-    digest = hashlib.sha256()
-    for spec in sources:
-        digest.update(json.dumps(spec, sort_keys=True).encode())
-        exclude, suffixes = spec.get("exclude", ()), spec.get("excludeSuffixes", ())
-        for top in spec.get("include", ()):
-            path = Path(spec["root"]) / top
-            taken = path.exists() and path.name not in exclude and not path.name.endswith(tuple(suffixes))
-            digest.update(f"{top}\0".encode())
-            digest.update(tree_digest(path, exclude=exclude, suffixes=suffixes).encode() if taken else b"absent")
-    return digest.hexdigest()
+def _isolate(nix: NixCli, bare: Mapping[str, Any], names: list[str], errors: dict[str, str]) -> dict[str, Any]:
+    """Evaluate ``names`` in halves until each evaluation that fails names one package: that package failed
+    with Nix's message (an ``abort`` or a missing attribute, which ``tryEval`` does not catch)."""
+    try:
+        return _evaluate(nix, with_info=True, attrs=names, checks=False)["packages"]
+    except NixEvalError as exc:
+        if len(names) > 1:
+            half = len(names) // 2
+            return {**_isolate(nix, bare, names[:half], errors), **_isolate(nix, bare, names[half:], errors)}
+        where = f" at {exc.file}:{exc.line}" if exc.file and exc.line else ""
+        errors[names[0]] = f"{names[0]} failed to evaluate{where}: " + ("\n".join(exc.messages) or "(no message)")
+        return {names[0]: {**bare[names[0]], "evalFailed": True, "outputs": {}, "tests": {}}}
 
 
 def graph_from_document(document: Mapping[str, Any]) -> NixPackageGraph:
@@ -324,10 +331,10 @@ def package_graph_from_json(
     return NixPackageGraph(nix_dir=nix_dir, packages=packages)
 
 
-def _eval_error_of(nix: NixCli, nix_dir: str, attr: str) -> str:
+def _eval_error_of(nix: NixCli, attr: str) -> str:
     """Nix's error for one package whose evaluation graph.nix caught (``tryEval`` hides the message)."""
     try:
-        _evaluate(nix, nix_dir, with_info=True, only=attr)
+        _evaluate(nix, with_info=True, only=attr)
     except NixEvalError as e:
         where = f" at {e.file}:{e.line}" if e.file and e.line else ""
         return f"{attr} failed to evaluate{where}: " + ("\n".join(e.messages) or "(Nix printed no message)")
@@ -350,6 +357,7 @@ def _packages(data: Mapping[str, Mapping]) -> dict[str, NixPackage]:
             main_program=info.get("mainProgram"),
             executables=tuple(executables) if isinstance(executables, list) else None,
             tests=_tests(attr, info),
+            attr_path=tuple(info["attrPath"]) if info.get("attrPath") else None,
         )
     return packages
 
@@ -370,5 +378,7 @@ def _tests(attr: str, info: Mapping) -> dict[str, NixTest]:
             out_path=(test.get("outputs") or {}).get("out") or next(iter((test.get("outputs") or {}).values()), ""),
             blocking=bool(test.get("blocking")),
             description=test.get("description"),
+            attr_path=tuple(test["attrPath"]) if test.get("attrPath") else None,
+            under=test.get("under") or "tests",
         )
     return tests
