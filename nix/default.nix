@@ -19,6 +19,13 @@
   # false: evaluate the bootstrap scope without a wheel lock for this interpreter (nix/bootstrap/lock.py
   # reads the package set's declarations to make that lock; nothing built from such a scope would work).
 , requireWheelLock ? true
+  # The bootstrap scope's Nix system, by default builtins.currentSystem (which pure evaluation lacks: ../flake.nix
+  # passes it for each system it exposes).
+, system ? null
+  # Where the expressions find each other (an attribute set holding every package of this set): by default
+  # the set itself. ../flake.nix's overlay passes the extended python3Packages, so that an override of one
+  # package there (overridePythonAttrs, a later extension) reaches the packages that depend on it.
+, packagesFrom ? null
 }:
 let
   inherit (builtins) attrNames filter foldl' functionArgs intersectAttrs listToAttrs match readDir;
@@ -30,7 +37,8 @@ let
     else throw "nix/default.nix: scope must be \"auto\", \"nixpkgs\" or \"bootstrap\", not \"${scope}\"";
 
   base =
-    if chosenScope == "bootstrap" then import ./bootstrap { inherit hostPython requireWheelLock; }
+    if chosenScope == "bootstrap" then import ./bootstrap ({ inherit hostPython requireWheelLock; }
+      // (if system == null then { } else { inherit system; }))
     else import ./nixpkgs-scope.nix {
       pkgs = if pkgs != null then pkgs
         else if nixpkgsOnPath.success then import nixpkgsOnPath.value { }
@@ -52,7 +60,7 @@ let
 
   # The expressions see the scope, each other, the source pins and the test helpers of their
   # passthru.tests (under names nixpkgs does not use).
-  context = base // packages // {
+  context = base // (if packagesFrom == null then packages else builtins.mapAttrs (name: _: packagesFrom.${name}) packages) // {
     dagsterPins = pins;
     dagsterSource = source;
     packageTests = import ./package-tests.nix { inherit (base) runCommand python3 postgresql; };
