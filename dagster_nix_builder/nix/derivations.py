@@ -130,7 +130,8 @@ def drop_aliases(packages: dict[str, Any]) -> dict[str, str]:
 def derivation_deps(packages: dict[str, Any], checks: Mapping[str, Any], checks_path: Sequence[str] = ()) -> None:
     """Set each evaluated package's ``deps`` from its derivation (:mod:`derivations`): the selected packages
     whose derivations are nearest through its inputs; one that failed keeps its formal arguments' (a
-    directory's) or none. ``argDeps`` keeps the formal arguments'. A flake check that reaches exactly one
+    directory's) or none; a callPackage file's formal arguments where they reach the same packages. ``argDeps``
+    and ``drvDeps`` keep both. A flake check that reaches exactly one
     package becomes that package's test; any other stands on its own as a package of the graph."""
     by_drv = {
         info["drvPath"]: attr for attr, info in packages.items() if not info.get("evalFailed") and info.get("drvPath")
@@ -141,6 +142,16 @@ def derivation_deps(packages: dict[str, Any], checks: Mapping[str, Any], checks_
         info["argDeps"] = list(info.get("deps") or [])
         if not info.get("evalFailed") and info.get("drvPath"):
             info["deps"] = sorted(nearest[info["drvPath"]] - {attr})
+    # A callPackage file's formal arguments are its author's direct dependencies: they are the edges when they
+    # reach the same packages upstream as the derivation does (the bootstrap scope's derivations take a whole
+    # Python closure as inputs, which would draw every transitive dependency as a direct edge).
+    drv_edges = {attr: list(info.get("deps") or []) for attr, info in packages.items()}
+    for attr, info in packages.items():
+        info["drvDeps"] = drv_edges[attr]
+    arg_edges = {attr: info["argDeps"] for attr, info in packages.items()}
+    for attr, info in packages.items():
+        if info["argDeps"] and _closure(attr, arg_edges) == _closure(attr, drv_edges):
+            info["deps"] = sorted(info["argDeps"])
     for name, check in sorted(checks.items()):
         reached = sorted(nearest[check["drvPath"]])
         test_name = re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_") or "check"
@@ -154,3 +165,13 @@ def derivation_deps(packages: dict[str, Any], checks: Mapping[str, Any], checks_
                 "description": check.get("description") or f"flake check {name}", "tests": {}, "evalFailed": False,
                 "attrPath": check["attrPath"], "flakeCheck": name,
             }  # fmt: skip
+
+
+def _closure(attr: str, edges: Mapping[str, Sequence[str]]) -> set[str]:
+    seen: set[str] = set()
+    stack = list(edges.get(attr, ()))
+    while stack:
+        if (dep := stack.pop()) not in seen:
+            seen.add(dep)
+            stack.extend(edges.get(dep, ()))
+    return seen
