@@ -47,4 +47,5 @@ def fresh_clone(dest: Path) -> Path:
     git(dest.parent, "init", "-q", "-b", "main", str(dest))
     git(dest, "add", "-A")
     git(dest, "commit", "-q", "-m", "fresh clone")
+    git(dest, "clean", "-q", "-f", "-d", "-X")  # what .gitignore names (a root's .env): a fresh clone lacks it
     return dest
