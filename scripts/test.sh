@@ -35,7 +35,7 @@ for world in $worlds; do
       # Set-up inside the root is the same command a user runs on a fresh machine of that release.
       run_world other scripts/debian-root.sh run bash -c \
         'echo "world: Debian $(cat /etc/debian_version), $(nix --version), Python $(python3 -V | cut -d" " -f2), $(grep -h "^sandbox" /etc/nix/nix.conf || echo "sandbox unset")"
-         scripts/setup.sh --test && .venv/bin/python -m pytest -ra "$@"' "$@" ;;
+         scripts/setup.sh --test && .venv/bin/python -m pytest -ra "$@"' other-world "$@" ;;  # other-world: bash -c's $0
     *) echo "scripts/test.sh: unknown world '$world' in DNB_WORLDS (host, other)" >&2; exit 2 ;;
   esac
 done
