@@ -8,6 +8,7 @@ from typing import Any
 
 from dagster import AssetCheckSpec, AssetExecutionContext, AssetKey, AssetsDefinition, multi_asset
 
+from dagster_nix_builder.adapters.large_steps import compute_output_keys_once
 from dagster_nix_builder.adapters.resource import NixResource
 from dagster_nix_builder.adapters.translator import DagsterNixTranslator
 from dagster_nix_builder.nix.errors import NixPackageSetError
@@ -93,6 +94,7 @@ def nix_assets(
         compute_kind=None,
     )
     def _nix_assets(context: AssetExecutionContext, nix: NixResource):
+        compute_output_keys_once(context)  # a run of thousands of packages: see large_steps
         yield from nix.stream(context)
 
     return _nix_assets

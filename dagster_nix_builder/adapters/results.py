@@ -128,7 +128,9 @@ def link_outputs(cli: NixCli, package: NixPackage) -> None:
 class PathInfo:
     """``nix path-info`` of the outputs of a run's ``packages``: the first package reported asks for all of
     them in one call (an invalid path is no error, just left out), so a run whose outputs are all valid
-    asks once; a package whose outputs were not valid yet then is asked for again, alone."""
+    asks once; a package whose outputs were not valid yet then is asked for again, with every other
+    output of the run that looks valid by now (on disk, canonical): one call per package was thousands
+    of calls in a cold run of a big set."""
 
     def __init__(self, cli: NixCli, packages: Iterable[NixPackage]) -> None:
         self.cli = cli
@@ -139,8 +141,10 @@ class PathInfo:
         wanted = set(package.outputs.values())
         missing = wanted - set(self._info)
         if missing:
-            ask = missing if self._info else missing | self._all
+            unknown = self._all - set(self._info) - missing
+            ask = missing | (unknown - self.cli.surely_invalid_paths(sorted(unknown)) if self._info else unknown)
             self._info.update(self.cli.path_info(sorted(ask)))
+            self._all -= ask  # asked once: an output invalid then is asked for again only when reported
         return {p: self._info[p] for p in wanted if p in self._info}
 
 

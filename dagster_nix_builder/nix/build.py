@@ -99,6 +99,7 @@ class NixBuild:
         self._threads: list[threading.Thread] = []
         self._last_probe = 0.0
         self._deferred: set[Target] = set()  # valid, seen by a probe before the log caught up (see _probe)
+        self._building: set[Target] = set()  # targets Nix said it started building, not settled yet
         self._started = False
 
     def _installable(self, target: Target) -> str | tuple[str, ...]:
@@ -249,6 +250,7 @@ class NixBuild:
                 self._builds[event.drv_path] = _Build(event.drv_path, self._line_time)
                 target = self._by_drv.get(event.drv_path)
                 if target is not None:
+                    self._building.add(target)
                     self._log(f"Building {target.installable}: {event.drv_path}")
         elif isinstance(event, BuildLogLine):
             build = self._builds.get(self._activities.get(event.id, ""))
@@ -271,23 +273,21 @@ class NixBuild:
 
     def _target_building(self) -> bool:
         """Whether Nix started building a target that is not settled yet."""
-        return any(t not in self._outcomes for drv, t in self._by_drv.items() if drv in self._builds)
+        return bool(self._building)
 
     def _probe(self, *, building_too: bool = True) -> Iterator[Outcome]:
         """Report every pending target whose outputs are valid now (one Nix call), also those this
         process did not build: another process may have built them meanwhile. ``building_too=False`` (a
-        tick): leave out the targets this nix is building, whose end the log shows (and probes)."""
-        self._last_probe = time.monotonic()
-        # Nix is asked only about targets whose outputs may be valid by the file system's account (on disk
-        # and canonicalised): each query is a process that takes CPU from the builds, and most probes of a
-        # cold run would find nothing. Ticks leave out what this nix is building, too.
-        candidates = [
-            t
-            for t in self.targets
-            if t not in self._outcomes
-            and t not in self._deferred
-            and (building_too or self._drv(t) not in self._builds)
-        ]
+        tick): leave out the targets this nix is building, whose end the log shows (and probes). Between
+        ticks, a finished build's probe looks at what this nix builds alone (all targets was O(n²))."""
+        if building_too and time.monotonic() - self._last_probe < PROBE_INTERVAL_S:
+            candidates = [t for t in self._building if t not in self._deferred]
+        else:
+            self._last_probe = time.monotonic()
+            candidates = [t for t in self.targets if t not in self._outcomes and t not in self._deferred
+                          and (building_too or self._drv(t) not in self._builds)]  # fmt: skip
+        # Nix is asked only about outputs that may be valid by the file system's account (on disk, canonical):
+        # each query is a process that takes CPU from the builds, and most probes of a cold run find nothing.
         not_yet = self.cli.surely_invalid_paths([p for t in candidates for p in self._paths(t)])
         pending = [t for t in candidates if not not_yet.intersection(self._paths(t))]
         if not pending:
@@ -325,6 +325,7 @@ class NixBuild:
         build = self._builds.get(self._drv(t))
         seconds = round(((build.finished or time.monotonic()) - build.started) if build else 0.0, 3)
         pkg, now = self.graph[t.attr], build is not None
+        self._building.discard(t)
         self._outcomes[t] = (
             PackageOutcome(t.attr, pkg, status, now, seconds, reason, tuple(tail))
             if t.test is None

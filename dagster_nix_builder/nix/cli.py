@@ -271,6 +271,13 @@ class NixCli:
         links = {name: link.with_name(link.name if name == "out" else f"{link.name}-{name}") for name in outputs}
         if all(is_registered_root(links[name], path) for name, path in outputs.items()):
             return False
+        if all(_registered_link(links[name]) for name in outputs):
+            # Nix's indirect root names the link, not its target: pointing a registered link at the new
+            # output is all `nix-store --add-root` would do (one process per package of a big set spared).
+            # Called for outputs this run just found valid, while the build's own temporary roots hold them.
+            for name, path in outputs.items():
+                _replace_symlink(links[name], path)
+            return False
         link.parent.mkdir(parents=True, exist_ok=True)
         try:
             if drv_path:  # realising a derivation whose outputs are valid builds nothing; it links every output
@@ -335,6 +342,22 @@ def indirect_root_path(link: str | os.PathLike[str]) -> Path:
     """Where Nix registers ``link`` as an indirect GC root: ``<state>/gcroots/auto/<base32 sha1(link)>``."""
     state_dir = os.environ.get("NIX_STATE_DIR", "/nix/var/nix")
     return Path(state_dir) / "gcroots" / "auto" / nix_base32(hashlib.sha1(os.fsencode(link)).digest())
+
+
+def _registered_link(link: Path) -> bool:
+    """Whether ``link`` is a symlink registered as an indirect GC root (whatever it points at)."""
+    try:
+        return link.is_symlink() and os.readlink(indirect_root_path(link)) == str(link)
+    except OSError:
+        return False
+
+
+def _replace_symlink(link: Path, target: str) -> None:
+    """Point ``link`` at ``target`` atomically (a new symlink renamed over it)."""
+    temporary = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)
+    os.symlink(target, temporary)
+    os.replace(temporary, link)
 
 
 def is_registered_root(link: Path, store_path: str) -> bool:

@@ -31,6 +31,13 @@ class ReportQueue:
         # are selected (also of a package not built in this run: its test still blocks what depends on it).
         gates = self.packages | {a for a, _ in self._blocking}
         self._upstream = {a: graph.upstream(a) & gates for a in self.packages}
+        self._tests_blocking: dict[str, list[str]] = {}
+        for a, n in sorted(self._blocking):
+            self._tests_blocking.setdefault(a, []).append(n)
+        # The gates not passed yet (a package not reported, or a blocking test of it not passed): a held
+        # package is looked at against these, not its whole upstream (thousands of packages in a big set).
+        self._open = set(gates)
+        self._order = {t: i for i, t in enumerate(self.targets)}
         self._pending: dict[Target, Outcome] = {}
         self.reported: set[Target] = set()
         self.passed_tests: set[tuple[str, str]] = set()
@@ -60,7 +67,7 @@ class ReportQueue:
         progress = True
         while progress:
             progress = False
-            for target in [t for t in self.targets if t in self._pending]:
+            for target in sorted(self._pending, key=self._order.__getitem__):
                 outcome = self._pending[target]
                 if target.test is None:
                     held = self._hold_reason(target.attr)
@@ -85,24 +92,33 @@ class ReportQueue:
                             f"blocking check {outcome.test.name} of {target.attr} failed: {outcome.reason}",
                             outcome.log_tail,
                         )
+                if not self._gate_open(target.attr):
+                    self._open.discard(target.attr)
                 progress = True
         return reports
 
     def _broken(self) -> set[str]:
         return {i.split(".", 1)[0] for i in self.failures}
 
+    def _gate_open(self, attr: str) -> bool:
+        """Whether what depends on ``attr`` still waits for it: its package or a blocking test of it."""
+        if attr in self.packages and Target(attr) not in self.reported:
+            return True
+        return any((attr, n) not in self.passed_tests for n in self._tests_blocking.get(attr, ()))
+
     def _hold_reason(self, attr: str) -> str | None:
         """Why ``attr`` cannot be reported (yet): a reason starting "not materialized" is final."""
-        for up in sorted(self._upstream[attr]):
+        upstream = self._upstream[attr]
+        for up in sorted(upstream & self._broken()):
             if up in self.failures:
                 return f"not materialized: dependency {up} failed ({self.failures[up].splitlines()[0]})"
-            for test in sorted(n for a, n in self._blocking if a == up):
+            for test in self._tests_blocking.get(up, ()):
                 if f"{up}.tests.{test}" in self.failures:
                     return f"not materialized: the blocking check {test} of {up} failed"
-        for up in sorted(self._upstream[attr]):
+        for up in sorted(upstream & self._open):
             if up in self.packages and Target(up) not in self.reported:
                 return f"waiting for {up}"
-            waiting = [n for a, n in self._blocking if a == up and (a, n) not in self.passed_tests]
+            waiting = [n for n in self._tests_blocking.get(up, ()) if (up, n) not in self.passed_tests]
             if waiting:
                 return f"waiting for the blocking check {waiting[0]} of {up}"
         return None
