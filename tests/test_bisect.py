@@ -7,9 +7,11 @@ as the real packages have). Each step is a real build of that rev's source, with
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ import pytest
 from dagster import DagsterInstance
 from upstream_repo import GOOD_MODULE, NIX_CONFIG, Upstream, git, make_project, snapshot, world_readable_tmpdir
 
-from dagster_nix_builder.nix.cli import command_logger
+from dagster_nix_builder.nix.cli import NixCli, command_logger, json_expression
 from dagster_nix_builder.upstream.update.bisect import BisectError, Verdict, bisect, max_probes
 from dagster_nix_builder.upstream.update.bisect_job import build_bisect_job
 from dagster_nix_builder.upstream.update.job import PinUpdater, update_job
@@ -214,3 +216,30 @@ def test_the_search_refuses_an_empty_range_and_a_bad_end_that_passes() -> None:
         bisect("0" * 40, [], lambda rev: Verdict(rev, good=False))
     with pytest.raises(BisectError, match="builds and passes its checks now"):
         bisect("0" * 40, ["1" * 40], lambda rev: Verdict(rev, good=True))
+
+
+def test_pins_passed_as_a_nix_value_arrive_whole() -> None:
+    """What every step rests on: `NixCli.value_args` reach Nix as the same data (quotes, backslashes, `${`)."""
+    value = {"git": {"url": 'a "b" \\c ${d} \n', "rev": None, "n": [1, 2.5, True]}}
+    cli = NixCli(value_args={"pins": value}, nix_config=NIX_CONFIG)
+    flags = cli.value_flags()
+    assert flags[:2] == ["--arg", "pins"] and flags[2] == json_expression(value)
+    proc = subprocess.run(
+        [cli.tool_path("nix-instantiate"), "--eval", "--strict", "--json", "--expr", "{ pins }: pins", *flags],
+        capture_output=True, text=True, check=True, env=cli.subprocess_env(),
+    )  # fmt: skip
+    assert json.loads(proc.stdout) == value
+    assert cli.function_args()["pins"] == value
+
+
+def test_an_update_with_bisect_off_names_no_commit(world: dict) -> None:
+    revs = world["revs"]
+    with DagsterInstance.ephemeral() as instance:
+        result = update_job.execute_in_process(
+            run_config={"ops": {"update_pins": {"config": {"rev": revs[-1], "bisect": False}}}},
+            resources={"pin_updater": updater(world)}, instance=instance, raise_on_error=False,
+        )  # fmt: skip
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    error = failure.step_failure_data.user_failure_data
+    assert error.description.startswith("update failed at step 'check': dagster-lib: check imports failed")
+    assert "bisect" not in error.description and not any(k.startswith("bisect/") for k in error.metadata)
