@@ -161,9 +161,11 @@ def test_fresh_clone_pins_builds_and_follows_a_local_monorepo_upstream() -> None
         assert version == "dagster, version 1.13.28"
 
         # 4. Without the compiled UI, as Dagster's own repository is: the webserver test fails the update,
-        # which commits nothing and leaves the pins as they were.
+        # which commits nothing and leaves the pins as they were. One more commit on top: the update's bisect
+        # builds the real set at rev3 (its pins passed to Nix) and names rev3, not the head, as the first bad.
         shutil.rmtree(upstream.work / UI_BUILD)
         rev3 = upstream.push({}, "no compiled UI, as in the monorepo")
+        rev4 = upstream.push({"NOTES.md": "after the UI went\n"}, "a commit after it")
         head, pins_now = git(clone, "rev-parse", "HEAD"), (clone / "nix/pins.json").read_bytes()
         failed = subprocess.run(
             [str(BIN / "dagster"), "job", "execute", "-m", "dagster_nix_builder.definitions",
@@ -175,7 +177,11 @@ def test_fresh_clone_pins_builds_and_follows_a_local_monorepo_upstream() -> None
         assert "update failed at step 'check': dagster-webserver: check webserver failed" in log, log[-5000:]
         assert "dagster-webserver.tests.webserver" in log
         assert f"has no {UI_BUILD.split('/', 2)[2]} (the compiled UI), so it answers 500 on /" in log
-        assert rev3[:12] in log
+        assert rev4[:12] in log
+        assert (
+            f"bisect: the first bad commit is {rev3} (no compiled UI, as in the monorepo): dagster-webserver: "
+            f"check webserver failed (2 of at most 2 steps over 2 commits {rev2[:12]}..{rev4[:12]}, 1 built)"
+        ) in log, log[-5000:]
         assert git(clone, "rev-parse", "HEAD") == head and (clone / "nix/pins.json").read_bytes() == pins_now
         assert git(clone, "status", "--porcelain") == ""
     finally:

@@ -57,6 +57,9 @@ class NixCli:
     executable: str = "nix"
     scope: str | None = "auto"
     nix_args: Mapping[str, str] = field(default_factory=dict)
+    value_args: Mapping[str, Any] = field(default_factory=dict)
+    """Arguments of the package set given as Nix values, JSON data (e.g. candidate ``pins``): ``--arg`` of
+    ``nix build``, and in ``graph.nix``'s arguments beside the strings of :meth:`package_args`."""
     nix_config: str = DEFAULT_NIX_CONFIG
     out_link_dir: str = ".nix-results"
     max_jobs: int | None = None
@@ -104,6 +107,10 @@ class NixCli:
         args.update({str(k): str(v) for k, v in self.nix_args.items()})
         return args_for(self.source, args)
 
+    def function_args(self) -> dict[str, Any]:
+        """Every argument the package set's function gets: :meth:`package_args` and ``value_args``."""
+        return {**self.package_args(), **args_for(self.source, dict(self.value_args))}
+
     def current_system(self) -> str:
         """Nix's ``builtins.currentSystem`` (asked once per executable)."""
         exe = self.executable_path
@@ -133,6 +140,11 @@ class NixCli:
     def argstrs(self) -> list[str]:
         """:meth:`package_args` as ``--argstr`` flags."""
         return [flag for key, value in self.package_args().items() for flag in ("--argstr", key, value)]
+
+    def value_flags(self) -> list[str]:
+        """``value_args`` as ``--arg`` flags (each value ``builtins.fromJSON`` of a Nix string)."""
+        args = args_for(self.source, dict(self.value_args))
+        return [flag for key, value in args.items() for flag in ("--arg", key, json_expression(value))]
 
     def subprocess_env(self) -> dict[str, str]:
         """Environment of every Nix command: ours plus NIX_CONFIG (with the host paths the bootstrap
@@ -169,7 +181,9 @@ class NixCli:
         """The one ``nix build`` of a run: all ``installables`` (attribute paths of the package set, see
         :meth:`installable`) at once, keep going, JSON on stdout. ``rebuild``: build valid outputs again and
         compare (``--rebuild``). A flake's lock file is never written."""
-        where = ["--no-write-lock-file"] if self.kind == "flake" else ["--file", self.package_dir, *self.argstrs()]
+        where = ["--no-write-lock-file"] if self.kind == "flake" else [
+            "--file", self.package_dir, *self.argstrs(), *self.value_flags()
+        ]  # fmt: skip
         command = self.nix_command("build", *where, "--keep-going", "--json", "--no-link")
         if rebuild:
             command.append("--rebuild")
@@ -319,6 +333,13 @@ def log_command(command: Sequence[str]) -> None:
     command_logger.debug("%s", shlex.join(command))
 
 
+def json_expression(value: Any) -> str:
+    """A Nix expression evaluating to the JSON data ``value``: ``builtins.fromJSON`` of a Nix string."""
+    text = json.dumps(value, sort_keys=True)
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("${", "\\${")
+    return f'builtins.fromJSON "{escaped}"'
+
+
 def describe(command: Sequence[str]) -> str:
     """A command as one shell-quoted string, for logs."""
     return shlex.join(command)
@@ -368,4 +389,7 @@ def is_registered_root(link: Path, store_path: str) -> bool:
         return False
 
 
-__all__ = ["NixCli", "command_logger", "describe", "indirect_root_path", "is_registered_root", "nix_base32"]
+__all__ = [
+    "NixCli", "command_logger", "describe", "indirect_root_path", "is_registered_root", "json_expression",
+    "nix_base32",
+]  # fmt: skip

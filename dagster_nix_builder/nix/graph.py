@@ -210,7 +210,7 @@ def _evaluate(
         "location": source.flake_ref if source.kind == "flake" else nix.package_dir,
         "attribute": json.dumps(nix.set_path()),
         "checksJson": json.dumps(nix.checks_path()),
-        "argsJson": json.dumps(nix.package_args(), sort_keys=True),
+        "argsJson": json.dumps(nix.function_args(), sort_keys=True),
         "selectJson": json.dumps(source.regexes()["select"]),
         "excludeJson": json.dumps(source.regexes()["exclude"]),
         "withInfo": "1" if with_info else "0",

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 
 # GitPython refuses to import without a git executable; let the code location load anyway and fail
@@ -66,6 +67,49 @@ def ls_remote_head(url: str, branch: str, *, timeout: float = DEFAULT_TIMEOUT_SE
             except ValueError as e:
                 raise UpstreamError(f"git ls-remote returned {sha!r} for {ref}") from e
     raise UpstreamError(f"{url} has no ref {ref}")
+
+
+def commits_between(
+    url: str, branch: str, good: str, bad: str, *, timeout: float = DEFAULT_TIMEOUT_SECONDS
+) -> list[tuple[str, str]]:
+    """The commits after `good` up to and with `bad` on `bad`'s first-parent line, oldest first, with their
+    subjects: the range a bisect searches. Fetched into a temporary bare repository (commits and trees,
+    no file contents where the server filters; deleted afterwards), from `branch`, or `bad` itself when the
+    branch does not hold it.
+
+    Raises:
+        UpstreamError: If git fails, a rev is missing, or `good` is not an ancestor of `bad`.
+    """
+    validate_git_argument(url, "git url")
+    validate_git_argument(branch, "git branch")
+    good, bad = validate_rev(good), validate_rev(bad)
+    with tempfile.TemporaryDirectory(prefix="dnb-bisect-history-") as tmp:
+        g = git.cmd.Git(tmp)
+        g.update_environment(GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="/bin/true", SSH_ASKPASS="/bin/true")
+
+        def run(*args: str, check: bool = True) -> str | None:
+            try:
+                return str(g.execute(["git", *args], kill_after_timeout=timeout))
+            except git.GitCommandError as e:
+                if not check:
+                    return None
+                stderr = (e.stderr or "").strip().removeprefix("stderr:").strip().strip("'").strip()
+                # git's own verdict, without the warnings around it (a server that does not filter, ...)
+                said = [line for line in stderr.splitlines() if line.startswith(("fatal:", "error:"))][:1]
+                raise UpstreamError(f"git {args[0]} {url} failed (exit {e.status}): {''.join(said) or stderr}") from e
+
+        run("init", "--quiet", "--bare", tmp)
+        run("remote", "add", "upstream", url)
+        fetch = ["fetch", "--quiet", "--no-tags", "--filter=blob:none", "upstream"]
+        run(*fetch, f"+{_branch_ref(branch)}:refs/heads/followed")
+        for rev in (bad, good):
+            if run("cat-file", "-e", f"{rev}^{{commit}}", check=False) is None:
+                run(*fetch, rev)  # not on the branch: the server may still give it by id
+        if run("merge-base", "--is-ancestor", good, bad, check=False) is None:
+            raise UpstreamError(f"{good} is not an ancestor of {bad} in {url}: no range to bisect")
+        out = run("log", "--first-parent", "--reverse", "--format=%H %s", f"{good}..{bad}") or ""
+    commits = [tuple(line.split(" ", 1)) if " " in line else (line, "") for line in out.splitlines() if line]
+    return [(validate_rev(sha), subject) for sha, subject in commits]
 
 
 # `pip index versions` ignores --no-binary, so it cannot tell a published sdist from a wheel. This asks

@@ -37,6 +37,7 @@ from packaging.version import InvalidVersion, Version
 from dagster_nix_builder.nix.settings import DEFAULT_NIX_CONFIG
 from dagster_nix_builder.upstream import lookup as git_upstream
 from dagster_nix_builder.upstream.pins import Pins, PinsError, read_pins
+from dagster_nix_builder.upstream.update.bisect_job import build_bisect_job
 from dagster_nix_builder.upstream.update.job import (
     REPO_ROOT,
     PinUpdater,
@@ -318,7 +319,7 @@ def update_definitions(
     # `owners` parameter and warning on every load.
     job = build_update_job(key_prefix=key_prefix, resource_defs={"pin_updater": updater})
     return Definitions(
-        jobs=[job],
+        jobs=[job, build_bisect_job(resource_defs={"pin_updater": updater})],
         sensors=[
             build_upstream_commit_sensor(
                 job=job, repo_dir=repo_dir, nix_dir=nix_dir, default_status=sensor_status

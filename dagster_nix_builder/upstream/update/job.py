@@ -27,6 +27,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from dagster_nix_builder.upstream.update.bisect_job import bisect_failed_update
 from dagster_nix_builder.upstream.update.workflow import (
     DEFAULT_NIX_CONFIG,
     UpdateError,
@@ -61,6 +62,12 @@ class UpdateConfig(Config):
     branch: str | None = Field(
         default=None, description="Git mode: the branch to follow, written into git.branch (default: kept)."
     )
+    bisect: bool = Field(
+        default=True,
+        description="Git mode: when the update fails at its build or check step, bisect the commits between "
+        "the pin before and the failing rev (a real build per step, at most ⌈log2 n⌉ + 1) and name the first "
+        "bad commit, the package and check failing there, in the failure.",
+    )
 
 
 class PinUpdater(ConfigurableResource):
@@ -86,6 +93,11 @@ class PinUpdater(ConfigurableResource):
         "tests of the others are built, as a materialization's checks are) before committing.",
     )
     timeout_seconds: float = Field(default=3600, description="Limit of each Nix command.")
+    bisect_cache_file: str | None = Field(
+        default=None,
+        description="The JSON file of what bisect steps found (each rev's source hash, failures by derivation); "
+        "default: nix-bisect-steps.json in the Dagster instance's directory.",
+    )
 
     def settings(self, checks: Sequence[Callable[[Any], None]] = ()) -> UpdateSettings:
         """The workflow settings this resource stands for."""
@@ -140,9 +152,10 @@ def build_update_job(
     )
     def update_op(context: OpExecutionContext, config: UpdateConfig) -> Iterator[Any]:
         updater: PinUpdater = context.resources.pin_updater
+        settings = updater.settings(checks)
         try:
             result = update(
-                updater.settings(checks),
+                settings,
                 rev=config.rev,
                 version=config.version,
                 source=config.source,
@@ -151,6 +164,12 @@ def build_update_job(
                 log=context.log.info,
             )
         except UpdateError as e:
+            found = {}
+            if config.bisect:  # names the first bad commit in `e` (its notes) and in the metadata
+                found = bisect_failed_update(
+                    context, settings, updater.pins_path(), e, url=config.url, branch=config.branch,
+                    cache_file=updater.bisect_cache_file,
+                )  # fmt: skip
             raise Failure(
                 description=str(e),
                 metadata={
@@ -158,6 +177,7 @@ def build_update_job(
                     "reason": e.reason,
                     "restored": MetadataValue.json(e.restored),
                     "messages": MetadataValue.md("```\n" + "\n".join(e.messages[-60:]) + "\n```"),
+                    **found,
                 },
             ) from e
         except ValueError as e:

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from dagster_nix_builder.nix.errors import NixBuilderError
 from dagster_nix_builder.nix.settings import DEFAULT_NIX_CONFIG
@@ -25,6 +26,40 @@ class UpdateStep(StrEnum):
     COMMIT = "commit"
 
 
+@dataclass(frozen=True)
+class FailedTarget:
+    """One package or test whose own derivation failed (not a dependency's failure it suffers).
+
+    Attributes:
+        attr: The package.
+        test: The test (`passthru.tests.<name>`, an asset check), or None for the package's own build.
+        drv_path: Its derivation: what Nix would build again.
+        reason: Why, as the build says it.
+        log_tail: The end of its builder's log.
+    """
+
+    attr: str
+    test: str | None
+    drv_path: str
+    reason: str
+    log_tail: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """`dagster-lib` or `dagster-lib.tests.imports`."""
+        return self.attr if self.test is None else f"{self.attr}.tests.{self.test}"
+
+    def to_dict(self) -> dict[str, object]:
+        return {"attr": self.attr, "test": self.test, "drv_path": self.drv_path, "reason": self.reason,
+                "log_tail": list(self.log_tail)}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FailedTarget:
+        test = data.get("test")
+        return cls(str(data["attr"]), None if test is None else str(test), str(data["drv_path"]),
+                   str(data["reason"]), tuple(str(line) for line in data.get("log_tail") or ()))  # fmt: skip
+
+
 class UpdateError(NixBuilderError):
     """An update failed; the files it had written are restored.
 
@@ -33,13 +68,23 @@ class UpdateError(NixBuilderError):
         reason: Why, in one paragraph.
         messages: Nix's (or git's, or a check's) own error messages, and failed builders' log tails.
         restored: Repository-relative paths that were restored byte for byte.
+        failures: At the build and check steps: the packages and tests whose own derivation failed.
+        mode, old, new: What the update was moving (`git`, the pinned rev, the rev it tried), once resolved.
+        notes: Paragraphs added after the fact (the first bad commit a bisect found), printed last.
     """
 
-    def __init__(self, step: UpdateStep, reason: str, messages: Sequence[str] = ()) -> None:
+    def __init__(
+        self, step: UpdateStep, reason: str, messages: Sequence[str] = (), failures: Sequence[FailedTarget] = ()
+    ) -> None:
         self.step = step
         self.reason = reason
         self.messages = list(messages)
+        self.failures = list(failures)
         self.restored: list[str] = []
+        self.mode: str | None = None
+        self.old: str | None = None
+        self.new: str | None = None
+        self.notes: list[str] = []
         super().__init__(self._text())
 
     def _text(self) -> str:
@@ -48,6 +93,8 @@ class UpdateError(NixBuilderError):
             text += "\n" + "\n".join(self.messages)
         if self.restored:
             text += f"\nrestored byte for byte: {', '.join(self.restored)}"
+        for note in self.notes:
+            text += f"\n{note}"
         return text
 
     def __str__(self) -> str:
@@ -143,4 +190,4 @@ Log = Callable[[str], None]
 """Where an update's progress messages go (a Dagster `context.log.info` for instance)."""
 
 
-__all__ = ["DirtyFilesError", "Log", "UpdateError", "UpdateResult", "UpdateSettings", "UpdateStep"]
+__all__ = ["DirtyFilesError", "FailedTarget", "Log", "UpdateError", "UpdateResult", "UpdateSettings", "UpdateStep"]

@@ -8,7 +8,6 @@ stop the child's whole process group on timeout or interrupt.
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 from collections.abc import Sequence
@@ -16,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from dagster_nix_builder.nix.build import LOG_TAIL_LINES
-from dagster_nix_builder.nix.cli import NixCli, describe
+from dagster_nix_builder.nix.cli import NixCli, describe, json_expression
 from dagster_nix_builder.nix.log_format import ActivityStarted, BuildLogLine, error_messages, parse_line
 from dagster_nix_builder.nix.processes import stop_group
 from dagster_nix_builder.nix.settings import local_path, uses_bootstrap_scope
@@ -24,12 +23,15 @@ from dagster_nix_builder.upstream.pins import Pins
 from dagster_nix_builder.upstream.update.model import Log, UpdateSettings
 
 
-def nix_cli(settings: UpdateSettings, repo_dir: Path, mode: str, pins: Pins | None = None) -> NixCli:
+def nix_cli(
+    settings: UpdateSettings, repo_dir: Path, mode: str, pins: Pins | None = None, *, pass_pins: bool = False
+) -> NixCli:
     """The Nix CLI of the checkout's package set with `source = mode`.
 
     With `pins` (candidate pins passed as `--arg pins`), their git upstream, when local, is added to the
     sandbox paths of the bootstrap scope: the file's upstream is there already, the candidate may name
-    another.
+    another. `pass_pins`: every command of this CLI (the graph's evaluation, `nix build`) gets `pins`
+    instead of the file's, so a rev is built without writing it anywhere.
     """
     args = {str(k): str(v) for k, v in settings.nix_args.items()}
     scope = args.pop("scope", None)
@@ -39,6 +41,7 @@ def nix_cli(settings: UpdateSettings, repo_dir: Path, mode: str, pins: Pins | No
         scope=scope,
         nix_args={**args, "source": mode},
         nix_config=settings.nix_config,
+        value_args={"pins": pins.to_dict()} if pins is not None and pass_pins else {},
     )
     local = local_path(pins.git.url) if pins is not None else None
     if local and uses_bootstrap_scope(scope, cli.tool_path("nix-instantiate")):
@@ -48,9 +51,7 @@ def nix_cli(settings: UpdateSettings, repo_dir: Path, mode: str, pins: Pins | No
 
 def pins_nix_expression(pins: Pins) -> str:
     """A Nix expression evaluating to `pins` (for `--arg pins`): `builtins.fromJSON` of a Nix string."""
-    text = json.dumps(pins.to_dict(), sort_keys=True)
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("${", "\\${")
-    return f'builtins.fromJSON "{escaped}"'
+    return json_expression(pins.to_dict())
 
 
 def build_with_pins(

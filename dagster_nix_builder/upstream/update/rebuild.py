@@ -24,7 +24,8 @@ from dagster_nix_builder.nix.cli import NixCli
 from dagster_nix_builder.nix.errors import NixBuilderError, NixCommandError
 from dagster_nix_builder.nix.graph import NixPackageGraph, load_package_graph
 from dagster_nix_builder.nix.outcomes import PackageOutcome, Target, TestOutcome
-from dagster_nix_builder.upstream.update.model import Log, UpdateError, UpdateSettings, UpdateStep
+from dagster_nix_builder.upstream.pins import Pins
+from dagster_nix_builder.upstream.update.model import FailedTarget, Log, UpdateError, UpdateSettings, UpdateStep
 from dagster_nix_builder.upstream.update.nix import nix_cli
 
 VERSION_CHECK_TIMEOUT_S = 120
@@ -44,6 +45,10 @@ class Rebuilt:
         return [attr for attr in self.built if attr not in tested]
 
 
+class BuildTimeoutError(UpdateError):
+    """`nix build` did not finish in time and was stopped: no verdict on what it built."""
+
+
 def _tail(lines: Sequence[str]) -> list[str]:
     return [f"  > {line}" for line in lines]
 
@@ -58,10 +63,35 @@ def load_graph(cli: NixCli) -> NixPackageGraph:
         raise UpdateError(UpdateStep.BUILD, f"evaluating the package set failed: {e}") from e
 
 
-def rebuild(settings: UpdateSettings, repo_dir: Path, mode: str, log: Log) -> Rebuilt:
-    """Build the source, every package downstream of it, and all their tests, in one `nix build`."""
+@dataclass(frozen=True)
+class Plan:
+    """What the build step builds: the source, every package downstream of it, and all their tests, as the
+    package set evaluates (with the file's pins, or candidate pins passed to Nix)."""
+
+    cli: NixCli
+    graph: NixPackageGraph
+    attrs: list[str]
+    targets: list[Target]
+
+    def drv_path(self, target: Target) -> str:
+        """The derivation of one target."""
+        package = self.graph[target.attr]
+        return (package.drv_path if target.test is None else package.tests[target.test].drv_path) or ""
+
+    def outputs(self, target: Target) -> list[str]:
+        """The outputs of one target."""
+        package = self.graph[target.attr]
+        return list(package.outputs.values()) if target.test is None else [package.tests[target.test].out_path]
+
+    def out_paths(self) -> list[str]:
+        """Every output of every target: all valid means nothing is left to build."""
+        return [path for t in self.targets for path in self.outputs(t)]
+
+
+def plan(settings: UpdateSettings, repo_dir: Path, mode: str, pins: Pins | None = None) -> Plan:
+    """Evaluate what the build step builds; `pins` are passed to Nix (`--arg pins`) instead of the file's."""
     source = settings.source_attr
-    cli = nix_cli(settings, repo_dir, mode)
+    cli = nix_cli(settings, repo_dir, mode, pins, pass_pins=pins is not None)
     graph = load_graph(cli)
     if source not in graph:
         raise UpdateError(UpdateStep.BUILD, f"the package set has no attribute {source}")
@@ -70,18 +100,47 @@ def rebuild(settings: UpdateSettings, repo_dir: Path, mode: str, log: Log) -> Re
     if broken:
         raise UpdateError(UpdateStep.BUILD, "packages to rebuild do not evaluate", [e for e in broken if e])
     targets = [Target(a) for a in attrs] + [Target(a, name) for a in attrs for name in graph[a].tests]
-    tests = [t.installable for t in targets if t.test is not None]
+    return Plan(cli, graph, attrs, targets)
+
+
+def rebuild(settings: UpdateSettings, repo_dir: Path, mode: str, log: Log, pins: Pins | None = None) -> Rebuilt:
+    """Build the source, every package downstream of it, and all their tests, in one `nix build`."""
+    return run(plan(settings, repo_dir, mode, pins), settings, log)
+
+
+def run(planned: Plan, settings: UpdateSettings, log: Log) -> Rebuilt:
+    """Build what `planned` says in one `nix build` (nothing starts when every output is valid)."""
+    attrs, graph = planned.attrs, planned.graph
+    tests = [t.installable for t in planned.targets if t.test is not None]
     log(f"rebuilding {', '.join(attrs)}" + (f", with their tests {', '.join(tests)}" if tests else ""))
-    outcomes = _build(NixBuild(cli, graph, targets, log=log), settings)
+    outcomes = _build(NixBuild(planned.cli, graph, planned.targets, log=log), settings)
     packages = {o.attr: o for o in outcomes if isinstance(o, PackageOutcome)}
+    test_outcomes = [o for o in outcomes if isinstance(o, TestOutcome)]
     failed = [packages[a] for a in attrs if not packages[a].ok]
     if failed:
         messages = [line for o in failed for line in (f"{o.attr}: {o.reason or 'failed'}", *_tail(o.log_tail))]
+        # Blamed: what failed itself, not what a dependency's failure kept from building; a test failing
+        # beside a failed package is its own failure too.
+        own = [FailedTarget(o.attr, None, o.package.drv_path or "", o.reason or "failed", o.log_tail)
+               for o in failed if not _dependency_failed(o.reason)]  # fmt: skip
         raise UpdateError(
-            UpdateStep.BUILD, f"rebuilding {', '.join(o.attr for o in failed)} failed", messages
-        )
+            UpdateStep.BUILD, f"rebuilding {', '.join(o.attr for o in failed)} failed", messages,
+            own + _failed_tests(test_outcomes),
+        )  # fmt: skip
     built = {a: tuple(graph[a].outputs.values()) for a in attrs}
-    return Rebuilt(built, [o for o in outcomes if isinstance(o, TestOutcome)])
+    return Rebuilt(built, test_outcomes)
+
+
+def _dependency_failed(reason: str | None) -> bool:
+    return (reason or "").startswith("dependency failed: ")
+
+
+def _failed_tests(tests: Sequence[TestOutcome]) -> list[FailedTarget]:
+    return [
+        FailedTarget(t.attr, t.test.name, t.test.drv_path, t.reason or "failed", t.log_tail)
+        for t in tests
+        if not t.ok and not _dependency_failed(t.reason)
+    ]
 
 
 def _build(build: NixBuild, settings: UpdateSettings) -> list[PackageOutcome | TestOutcome]:
@@ -100,7 +159,7 @@ def _build(build: NixBuild, settings: UpdateSettings) -> list[PackageOutcome | T
     finally:
         timer.cancel()
     if timed_out.is_set():
-        raise UpdateError(
+        raise BuildTimeoutError(
             UpdateStep.BUILD, f"nix build did not finish within {settings.timeout_seconds:g} s", build.errors
         )
     return outcomes
@@ -116,7 +175,8 @@ def check(settings: UpdateSettings, rebuilt: Rebuilt, log: Log) -> list[str]:
             about = f" ({t.test.description})" if t.test.description else ""
             messages += [f"{t.attr}.tests.{t.test.name}{about}: {t.reason or 'failed'}", *_tail(t.log_tail)]
         raise UpdateError(
-            UpdateStep.CHECK, "; ".join(f"{t.attr}: check {t.test.name} failed" for t in failed), messages
+            UpdateStep.CHECK, "; ".join(f"{t.attr}: check {t.test.name} failed" for t in failed), messages,
+            _failed_tests(failed),
         )
     passed = [f"{t.attr}: {t.test.name}" for t in rebuilt.tests]
     if settings.run_version_checks:
@@ -160,4 +220,4 @@ def _version_checks(attr: str, outs: Sequence[str], log: Log) -> list[str]:
     return passed
 
 
-__all__ = ["Rebuilt", "check", "load_graph", "rebuild"]
+__all__ = ["BuildTimeoutError", "Plan", "Rebuilt", "check", "load_graph", "plan", "rebuild", "run"]

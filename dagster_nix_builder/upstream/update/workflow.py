@@ -93,6 +93,10 @@ class Updater:
         self.repo_dir = Path(settings.repo_dir).resolve()
         self.step = UpdateStep.PREFLIGHT
         """The step running (or that failed)."""
+        self.old: str | None = None
+        """The pin before the update (`none` when there was none), once read."""
+        self.target: str | None = None
+        """The rev or version the update moves to, once resolved."""
 
     def update_git(
         self, rev: str | None = None, *, url: str | None = None, branch: str | None = None, switch: bool = False
@@ -120,10 +124,12 @@ class Updater:
                 return self._run(repo, journal, mode, target, **options)
             except UpdateError as e:
                 e.restored = journal.restore()
+                e.mode, e.old, e.new = mode, self.old, self.target
                 raise
             except Exception as e:  # whatever broke, the files are restored and the step is named
                 err = UpdateError(self.step, f"{type(e).__name__}: {e}")
                 err.restored = journal.restore()
+                err.mode, err.old, err.new = mode, self.old, self.target
                 raise err from e
             except BaseException:
                 # Interrupted (run terminated, Ctrl-C): leave the files as they were, then let it propagate.
@@ -161,6 +167,7 @@ class Updater:
             old = (pins.git.rev or "none") if mode == "git" else pins.release.version
             if pins.source != mode:
                 log(f"note: pins select source {pins.source!r}; updating the {mode} pin leaves that as is")
+        self.old = old
 
         self.step = UpdateStep.RESOLVE
         candidate = replace(pins, source=mode) if switching else pins
@@ -171,6 +178,7 @@ class Updater:
                 branch=validate_git_argument(branch, "git branch") if branch is not None else pins.git.branch,
             )
             target = resolve_rev(target, candidate, log)
+            self.target = target
             candidate = candidate.with_git(rev=target)
             if candidate == pins and pins.git.hash:
                 log(f"dagster-src already pinned to {target}; nothing to do")
