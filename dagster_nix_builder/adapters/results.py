@@ -23,7 +23,7 @@ from dagster import (
     MetadataValue,
 )
 
-from dagster_nix_builder.adapters.history import recorded_seconds
+from dagster_nix_builder.adapters.history import recorded_builds
 from dagster_nix_builder.adapters.translator import ATTR_KEY
 from dagster_nix_builder.nix.build import NixBuild
 from dagster_nix_builder.nix.cli import NixCli
@@ -74,7 +74,7 @@ def build_and_stream(cli: NixCli, graph: NixPackageGraph, context: AssetExecutio
     """Build what ``context`` selects with Nix (see :func:`nix_builds`) and yield its results."""
     targets, keys = selected_targets(context, graph)
     builds = nix_builds(cli, graph, targets, context.log.info)
-    progress = Progress(targets, recorded_seconds(context.instance, targets, keys), jobs=cli.max_jobs)
+    progress = Progress(targets, recorded_builds(context.instance, targets, keys), jobs=cli.max_jobs)
 
     def outcomes() -> Iterator[Outcome]:
         for build in builds:
