@@ -259,7 +259,7 @@ def _small_set(root: Path, salt: str) -> Path:
 
 @needs_nix
 def test_flox_backend_run_time_with_the_fake_flox(tmp_path: Path, salt: str) -> None:
-    from dagster import materialize
+    from dagster import DagsterInstance, materialize
 
     from dagster_nix_builder import NixBuildError, nix_assets
 
@@ -271,8 +271,13 @@ def test_flox_backend_run_time_with_the_fake_flox(tmp_path: Path, salt: str) -> 
     graph = flox.load_graph()
     assets = nix_assets(graph)
 
-    result = materialize([assets], resources={"nix": flox}, raise_on_error=False)
+    instance = DagsterInstance.ephemeral()
+    result = materialize([assets], resources={"nix": flox}, raise_on_error=False, instance=instance)
     assert not result.success
+    # The same progress log and table as the Nix backend's (Flox reports the packages when it exits).
+    (summary,) = [e.user_message for e in instance.all_logs(result.run_id) if e.user_message.startswith("Summary: ")]
+    rows = {r.split("|")[1].strip(): r.split("|")[2].strip() for r in summary.splitlines()[3:]}
+    assert {rows[a] for a in ("base", "mid", "solo")} == {"built"} and rows["broken"] == "failed"
     done = {
         m.asset_key.to_user_string(): m.metadata for m in result.asset_materializations_for_node("nix_packages")
     }

@@ -23,12 +23,14 @@ from dagster import (
     MetadataValue,
 )
 
+from dagster_nix_builder.adapters.history import recorded_builds
 from dagster_nix_builder.adapters.translator import ATTR_KEY
 from dagster_nix_builder.nix.build import NixBuild
 from dagster_nix_builder.nix.cli import NixCli
 from dagster_nix_builder.nix.errors import NixBuildError
 from dagster_nix_builder.nix.graph import NixPackage, NixPackageGraph, store_hash
 from dagster_nix_builder.nix.outcomes import Outcome, PackageOutcome, Target, TestOutcome
+from dagster_nix_builder.nix.progress import Progress
 from dagster_nix_builder.nix.reporting import ReportQueue
 from dagster_nix_builder.nix.source import describe_source, read_source
 
@@ -72,13 +74,15 @@ def build_and_stream(cli: NixCli, graph: NixPackageGraph, context: AssetExecutio
     """Build what ``context`` selects with Nix (see :func:`nix_builds`) and yield its results."""
     targets, keys = selected_targets(context, graph)
     builds = nix_builds(cli, graph, targets, context.log.info)
+    progress = Progress(targets, recorded_builds(context.instance, targets, keys), jobs=cli.max_jobs)
 
     def outcomes() -> Iterator[Outcome]:
         for build in builds:
             yield from build.outcomes()
 
     try:
-        yield from stream(cli, graph, targets, keys, outcomes(), context.log.info, [b.command for b in builds])
+        yield from stream(cli, graph, targets, keys, outcomes(), context.log.info, [b.command for b in builds],
+                          progress)
     finally:
         for build in builds:
             build.terminate()  # also when Dagster itself interrupts the stream
@@ -92,19 +96,25 @@ def stream(
     outcomes: Iterable[Outcome],
     log: Callable[[str], None],
     commands: Sequence[Sequence[str]] = (),
+    progress: Progress | None = None,
 ) -> Iterator[Result]:
     """Dagster results of ``outcomes``, in an allowed order (see :mod:`.reporting`); raises
-    :class:`NixBuildError` at the end naming everything that failed or was held back."""
+    :class:`NixBuildError` at the end naming everything that failed or was held back. With ``progress``, logs
+    its lines as outcomes finish and its summary table at the end."""
     queue = ReportQueue(graph, targets)
     path_info = PathInfo(cli, [graph[t.attr] for t in targets if t.test is None])
     for outcome in outcomes:
         if not outcome.ok:
             test = f"check {outcome.test.name} of " if isinstance(outcome, TestOutcome) else ""
             log(f"{test}{outcome.attr} failed: {outcome.reason}")
+        if progress is not None and (line := progress.add(outcome)):
+            log(line)
         for ready in queue.add(outcome):
             yield result_of(cli, graph, ready, keys, path_info)
     for ready in queue.finish():
         yield result_of(cli, graph, ready, keys, path_info)
+    if progress is not None:
+        log(progress.summary())
     if queue.failures:
         raise NixBuildError(commands[0] if commands else [], None, [], queue.failures)
 

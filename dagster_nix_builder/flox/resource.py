@@ -19,6 +19,7 @@ from pathlib import Path
 from dagster import AssetExecutionContext
 from pydantic import Field, field_validator
 
+from dagster_nix_builder.adapters.history import recorded_builds
 from dagster_nix_builder.adapters.resource import NixResource
 from dagster_nix_builder.adapters.results import Result, nix_builds, selected_targets, stream
 from dagster_nix_builder.flox.build import (
@@ -34,6 +35,7 @@ from dagster_nix_builder.flox.build import (
 )
 from dagster_nix_builder.nix.build import NixBuild
 from dagster_nix_builder.nix.outcomes import Build, Outcome, Target
+from dagster_nix_builder.nix.progress import Progress
 
 
 class FloxResource(NixResource):
@@ -109,7 +111,9 @@ class FloxResource(NixResource):
                 yield from build.outcomes()
 
         try:
-            yield from stream(cli, graph, targets, keys, outcomes(), context.log.info, [flox.command] if flox else [])
+            progress = Progress(targets, recorded_builds(context.instance, targets, keys), jobs=cli.max_jobs)
+            yield from stream(cli, graph, targets, keys, outcomes(), context.log.info, [flox.command] if flox else [],
+                              progress)
         finally:
             for build in builds:
                 build.terminate()

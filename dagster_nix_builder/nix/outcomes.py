@@ -34,6 +34,8 @@ class PackageOutcome(_Settled):
     build_seconds: float = 0.0
     reason: str | None = None
     log_tail: tuple[str, ...] = ()
+    where: str = "local"
+    """Where it was built: ``local`` (this machine's Nix) for now; remote builders will name theirs."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class TestOutcome(_Settled):
     log_tail: tuple[str, ...] = ()
     note: str | None = None
     """Said of a passing test, e.g. that a rebuild gave another output (the test is not deterministic)."""
+    where: str = "local"
+    """Where it was built: ``local`` (this machine's Nix) for now; remote builders will name theirs."""
 
 
 Outcome = PackageOutcome | TestOutcome
