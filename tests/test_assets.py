@@ -172,3 +172,29 @@ def test_the_package_set_rejects_such_a_file_itself(tmp_path: Path):
         "before .nix must be letters, digits, '_' and '-', not starting with a digit or '-' ([A-Za-z_][A-Za-z0-9_-]*), "
         "since it is the attribute, the argument other packages take and the Dagster asset key. Rename the file."
     ) in " ".join(proc.stderr.split())
+
+
+def test_a_step_asks_dagster_for_its_output_keys_once(make_nix, monkeypatch):
+    """Dagster 1.13 recomputes a step's output asset keys for each result (O(n) each, rebuilding a set of
+    every key per output): the step memoises them (adapters/large_steps.py), so thousands of packages cost
+    one computation, not one per package, and the results stay the same."""
+    from dagster._core.execution.context.system import StepExecutionContext
+
+    calls = []
+    original = StepExecutionContext.get_output_asset_keys
+
+    def counted(self):
+        calls.append(self)
+        return original(self)
+
+    monkeypatch.setattr(StepExecutionContext, "get_output_asset_keys", counted)
+    nix = make_nix()
+    assets = nix_assets(nix.load_graph())
+    counts = {}
+    for selection in (["solo"], None):  # one result, then four
+        calls.clear()
+        result = materialize([assets], resources={"nix": nix}, instance=DagsterInstance.ephemeral(), selection=selection)
+        assert result.success
+        counts[len(result.get_asset_materialization_events())] = len(calls)
+    # Once when the step starts (Dagster reads its inputs' versions, before the op runs), once memoised.
+    assert counts == {1: 2, 4: 2}, counts
