@@ -193,7 +193,8 @@ def test_a_step_asks_dagster_for_its_output_keys_once(make_nix, monkeypatch):
     counts = {}
     for selection in (["solo"], None):  # one result, then four
         calls.clear()
-        result = materialize([assets], resources={"nix": nix}, instance=DagsterInstance.ephemeral(), selection=selection)
+        instance = DagsterInstance.ephemeral()
+        result = materialize([assets], resources={"nix": nix}, instance=instance, selection=selection)
         assert result.success
         counts[len(result.get_asset_materialization_events())] = len(calls)
     # Once when the step starts (Dagster reads its inputs' versions, before the op runs), once memoised.

@@ -66,11 +66,11 @@ def test_select_and_exclude_are_globs():
 def test_abort_and_a_missing_attribute_fail_that_package_alone(tmp_path: Path):
     # Neither is caught by tryEval: each ends a whole evaluation, so graph.py evaluates halves.
     (tmp_path / "set.nix").write_text(
-        "let mk = name: deps: derivation { inherit name; system = builtins.currentSystem; builder = \"/bin/sh\";"
+        'let mk = name: deps: derivation { inherit name; system = builtins.currentSystem; builder = "/bin/sh";'
         ' args = [ "-c" "echo ${toString deps} > $out" ]; }; in rec {\n'
         '  a = mk "a" [ ];\n  b = mk "b" [ a ];\n'
         '  c = abort "c: no source for this system";\n'
-        "  d = mk \"d\" [ b ({ }).nothing ];\n"
+        '  d = mk "d" [ b ({ }).nothing ];\n'
         '  e = throw "e: thrown";\n  f = mk "f" [ b ];\n}\n'
     )
     document = evaluate_package_set(NixCli(nix_dir=str(tmp_path / "set.nix"), kind="file"))
@@ -132,3 +132,31 @@ def test_input_derivations_read_the_aterm_with_escapes():
     )
     assert input_derivations(text) == ["/nix/store/b-y.drv", "/nix/store/c-z.drv"]
     assert json.dumps(input_derivations('Derive([],[],[],"s","b",[],[])')) == "[]"
+
+
+def test_a_flake_check_that_throws_fails_alone_with_nix_s_message(tmp_path: Path):
+    """One check that does not evaluate neither stops the load nor takes the others with it: it stands on its own
+    and fails alone when built, with Nix's message; the rest builds and passes."""
+    from dagster import DagsterInstance, materialize
+
+    from dagster_nix_builder import NixResource, nix_assets
+
+    flake = tmp_path / "theirs"
+    shutil.copytree(FOREIGN / "flake", flake)
+    text = (flake / "flake.nix").read_text()
+    (flake / "flake.nix").write_text(
+        text.replace('lint = mk system "lint"', 'broken = throw "no broken check";\n        lint = mk system "lint"')
+    )
+    nix = NixResource(nix_dir=str(flake), kind="flake", out_link_dir=str(tmp_path / "results"))
+    graph = nix.load_graph()
+    assert sorted(graph) == ["app", "both-agree", "broken", "core", "lint"]
+    assert "no broken check" in (graph["broken"].eval_error or "")
+    assert "app_runs" in graph["app"].tests and not graph["app"].eval_error
+    result = materialize([nix_assets(graph)], resources={"nix": nix}, instance=DagsterInstance.ephemeral(),
+                         raise_on_error=False)  # fmt: skip
+    built = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert built == {"app", "both-agree", "core", "lint"}
+    error = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
+    failure = error.to_string()
+    assert "broken" in failure and "no broken check" in failure
+    assert not (flake / "flake.lock").exists()

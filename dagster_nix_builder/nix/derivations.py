@@ -136,7 +136,7 @@ def derivation_deps(packages: dict[str, Any], checks: Mapping[str, Any], checks_
     by_drv = {
         info["drvPath"]: attr for attr, info in packages.items() if not info.get("evalFailed") and info.get("drvPath")
     }
-    check_drvs = {c["drvPath"] for c in checks.values()}
+    check_drvs = {c["drvPath"] for c in checks.values() if not c.get("evalFailed")}
     nearest = nearest_selected(by_drv, check_drvs)
     for attr, info in packages.items():
         info["argDeps"] = list(info.get("deps") or [])
@@ -153,10 +153,14 @@ def derivation_deps(packages: dict[str, Any], checks: Mapping[str, Any], checks_
         if info["argDeps"] and _closure(attr, arg_edges) == _closure(attr, drv_edges):
             info["deps"] = sorted(info["argDeps"])
     for name, check in sorted(checks.items()):
-        reached = sorted(nearest[check["drvPath"]])
+        reached = sorted(nearest[check["drvPath"]]) if not check.get("evalFailed") else []
         test_name = re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_") or "check"
         check = {**check, "attrPath": [*checks_path, name], "flakeCheck": name}
-        if len(reached) == 1 and test_name not in packages[reached[0]]["tests"]:
+        if check.get("evalFailed"):  # it stands on its own, and fails alone with Nix's error (graph.py)
+            own = name if name not in packages else f"check-{name}"
+            packages[own] = {"file": None, "deps": [], "argDeps": [], "drvPath": None, "outputs": {}, "tests": {},
+                             "evalFailed": True, "attrPath": check["attrPath"], "flakeCheck": name}  # fmt: skip
+        elif len(reached) == 1 and test_name not in packages[reached[0]]["tests"]:
             packages[reached[0]]["tests"][test_name] = check
         else:
             own = name if name not in packages else f"check-{name}"

@@ -118,11 +118,15 @@ let
       evalFailed = true;
     };
   # A flake's checks.<system> (`checksPath`): derivations of their own, attached to a package by graph.py.
+  # One that throws is marked, to fail alone as a package does (graph.py asks Nix for its message).
   checksPath = fromJSON checksJson;
+  checkOf = name: v:
+    let t = tryEval (let r = testOf (builtins.concatStringsSep "." checksPath) name v; in builtins.deepSeq r r);
+    in if t.success then t.value else { evalFailed = true; };
   checks =
     if checksPath == [ ] || withChecks != "1" then { }
     else let c = tryEval (at checksPath top "the flake's outputs"); in
-      if c.success && isAttrs c.value then mapAttrs (testOf (builtins.concatStringsSep "." checksPath)) c.value else { };
+      if c.success && isAttrs c.value then mapAttrs checkOf c.value else { };
 in
 if only != "" then builtins.deepSeq (infoOf only) "evaluates"
 else {

@@ -287,6 +287,8 @@ def evaluate_package_set(nix: NixCli | HasNixCli) -> dict[str, Any]:
     errors.update({a: _eval_error_of(nix, a) for a in packages if packages[a].get("evalFailed") and a not in errors})
     aliases = derivations.drop_aliases(packages)
     derivations.derivation_deps(packages, data.get("checks") or {}, nix.checks_path())
+    errors.update({a: _check_error_of(nix, info) for a, info in packages.items() if info.get("flakeCheck")
+                   and info.get("evalFailed")})  # fmt: skip
     return {
         "nix_dir": nix.package_dir, "kind": nix.kind, "packages": packages, "eval_errors": errors,
         "takes": data.get("takes") or [], "skipped": skipped, "aliases": aliases,
@@ -339,6 +341,16 @@ def _eval_error_of(nix: NixCli, attr: str) -> str:
         where = f" at {e.file}:{e.line}" if e.file and e.line else ""
         return f"{attr} failed to evaluate{where}: " + ("\n".join(e.messages) or "(Nix printed no message)")
     return f"{attr} failed to evaluate (an error Nix does not repeat on its own)"
+
+
+def _check_error_of(nix: NixCli, info: Mapping[str, Any]) -> str:
+    """Nix's error for a flake check graph.nix caught: its derivation evaluated alone."""
+    installable = nix.installable(tuple(info["attrPath"]))
+    command = nix.nix_command("eval", "--no-write-lock-file", "--raw", f"{installable}.drvPath")
+    proc = processes.run(command, capture_output=True, text=True, env=nix.subprocess_env())
+    messages = error_messages(proc.stderr).messages if proc.returncode else []
+    said = "\n".join(messages) or "(Nix printed no message)"
+    return f"flake check {info['flakeCheck']} failed to evaluate: {said}"
 
 
 def _packages(data: Mapping[str, Mapping]) -> dict[str, NixPackage]:
