@@ -8,14 +8,24 @@ pypiserver serving fabricated sdists of three releases, a real Dagster instance;
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DynamicPartitionsDefinition, build_sensor_context
+from dagster import (
+    AssetCheckKey,
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterInstance,
+    DynamicPartitionsDefinition,
+    build_sensor_context,
+)
 from local_index import pypiserver
 from test_add_package import TinyIndex, pip_env, prefetch_build_tools, release_project, tiny_sdist
 from test_sensors import _fake_index
@@ -25,6 +35,7 @@ from dagster_nix_builder import NixPackageSetComponent, NixResource
 from dagster_nix_builder.components.history import HistoryNixResource
 from dagster_nix_builder.nix.errors import NixConfigError
 from dagster_nix_builder.nix.graph import evaluate_package_set
+from dagster_nix_builder.nix.processes import popen, stop_group
 from dagster_nix_builder.upstream.history import (
     PartitionFollow,
     PartitionKeyError,
@@ -38,6 +49,8 @@ from dagster_nix_builder.upstream.update.workflow import UpdateSettings, update
 pytestmark = pytest.mark.skipif(shutil.which("nix") is None, reason="needs the nix CLI")
 
 RELEASES = ("1.13.26", "1.13.27", "1.13.28")
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
 CORE = AssetKey("dnb-tiny-core")
 
 
@@ -297,3 +310,83 @@ def test_commit_partitions_build_each_rev_with_its_own_pins(root: Path) -> None:
         assert stored[rev1]["git"]["hash"] == read_pins(project / "nix" / "pins.json").git.hash  # Nix agrees
         assert stored[rev2]["git"]["rev"] == rev2 and stored[rev2]["git"]["hash"] != stored[rev1]["git"]["hash"]
     assert snapshot(project) == before and git(project, "rev-parse", "HEAD") == head
+
+
+# The release sensor ticked against the project's own code location and instance, its partitions applied.
+TICK = """
+from dagster import DagsterInstance, build_sensor_context
+from tinyproj.definitions import defs
+
+instance = DagsterInstance.get()
+tick = defs.resolve_sensor_def("dagster_release_sensor").evaluate_tick(build_sensor_context(instance=instance))
+for request in tick.dynamic_partitions_requests:
+    instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+print(",".join(instance.get_dynamic_partitions("dagster_releases")))
+"""
+
+
+def test_dagster_backfill_of_three_releases_runs_them_side_by_side(
+    root: Path, three_releases: TinyIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same through Dagster's own CLI in a dg project: `history:` in its defs.yaml, `dagster job backfill` of
+    the three partitions, three runs launched by the instance's run launcher at once."""
+    prefetch_build_tools()
+    for key, value in pip_env(three_releases).items():
+        monkeypatch.setenv(key, value)
+    project = release_project(root)
+    defs_yaml = project / "tinyproj" / "defs" / "packages" / "defs.yaml"
+    defs_yaml.write_text(defs_yaml.read_text() + "  history: {partitions: releases, keep: 3}\n")
+    git(project, "commit", "-q", "-am", "history: releases")
+    before, head = snapshot(project), git(project, "rev-parse", "HEAD")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "DG_"))}
+    env.update(PYTHONPATH=os.pathsep.join([str(project), str(REPO)]), DAGSTER_HOME=str(project / "home"))
+    (project / "home").mkdir()
+    (project / "home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+
+    def run(*command: str) -> str:
+        proc = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=300, check=False)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout
+
+    keys = run(sys.executable, "-c", TICK).strip().splitlines()[-1].split(",")
+    assert sorted(keys) == sorted(RELEASES)
+    run(str(BIN / "dagster"), "job", "backfill", "-m", "tinyproj.definitions", "-j", "__ASSET_JOB",
+        "--partitions", ",".join(RELEASES), "--noprompt")  # fmt: skip
+    # The daemon turns the backfill into runs and launches them (each its own process, all at once).
+    log = (root / "daemon.log").open("w")
+    daemon = popen([str(BIN / "dagster-daemon"), "run", "-m", "tinyproj.definitions"], cwd=project, env=env,
+                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        with DagsterInstance.from_config(str(project / "home")) as instance:
+            deadline = time.monotonic() + 300
+            while True:
+                runs = instance.get_runs()
+                if len(runs) == 3 and all(r.is_finished for r in runs):
+                    break
+                assert time.monotonic() < deadline, ([(r.run_id, r.status) for r in runs],
+                                                     (root / "daemon.log").read_text()[-3000:])  # fmt: skip
+                time.sleep(1)
+    finally:
+        stop_group(daemon)
+        log.close()
+    with DagsterInstance.from_config(str(project / "home")) as instance:
+        runs = instance.get_runs()
+        assert {r.tags.get("dagster/partition") for r in runs} == set(RELEASES)
+        assert len({r.tags.get("dagster/backfill") for r in runs}) == 1 and runs[0].tags.get("dagster/backfill")
+        assert all(r.status.value == "SUCCESS" for r in runs), [(r.tags.get("dagster/partition"), r.status)
+                                                                for r in runs]  # fmt: skip
+        for key in RELEASES:
+            (record,) = instance.fetch_materializations(
+                AssetRecordsFilter(asset_key=CORE, asset_partitions=[key]), limit=1
+            ).records
+            assert record.asset_materialization.metadata["source"].value == f"release {key}"
+            for name in ("imports", "version"):
+                checks = instance.event_log_storage.get_asset_check_execution_history(AssetCheckKey(CORE, name), 10)
+                mine = [c for c in checks if c.event.asset_check_evaluation.partition == key]
+                assert mine and all(c.event.asset_check_evaluation.passed for c in mine), (key, name)
+            link = project / ".nix-results" / key / "result-dnb-tiny-core" / "bin" / "dnb-tiny-core"
+            printed = subprocess.run([link, "--version"], capture_output=True, text=True, check=True).stdout
+            assert printed.strip() == f"dnb-tiny-core, version {key}"
+    assert snapshot(project) == before and git(project, "rev-parse", "HEAD") == head
+    assert git(project, "status", "--porcelain") == ""
+
