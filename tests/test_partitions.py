@@ -330,8 +330,13 @@ def test_dagster_backfill_of_three_releases_runs_them_side_by_side(
 ) -> None:
     """The same through Dagster's own CLI in a dg project: `history:` in its defs.yaml, `dagster job backfill` of
     the three partitions, three runs launched by the instance's run launcher at once."""
+    backfilled_project(root, three_releases, monkeypatch)
+
+
+def backfilled_project(root: Path, index: TinyIndex, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict[str, str]]:
+    """A dg project with history: whose three release partitions a Dagster backfill built (asserted); its env."""
     prefetch_build_tools()
-    for key, value in pip_env(three_releases).items():
+    for key, value in pip_env(index).items():
         monkeypatch.setenv(key, value)
     project = release_project(root)
     defs_yaml = project / "tinyproj" / "defs" / "packages" / "defs.yaml"
@@ -389,4 +394,34 @@ def test_dagster_backfill_of_three_releases_runs_them_side_by_side(
             assert printed.strip() == f"dnb-tiny-core, version {key}"
     assert snapshot(project) == before and git(project, "rev-parse", "HEAD") == head
     assert git(project, "status", "--porcelain") == ""
+    return project, env
 
+
+def test_the_ui_shows_the_grid_of_packages_by_versions(
+    root: Path, three_releases: TinyIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The UI's partitions view of a package after the backfill: its three versions, all three materialized, none
+    failed or missing."""
+    import test_ui  # skips this test where Chromium is missing
+
+    project, env = backfilled_project(root, three_releases, monkeypatch)
+    extra = {k: v for k, v in env.items() if k in ("PYTHONPATH", "PIP_CONFIG_FILE", "PIP_INDEX_URL")}
+    browser = test_ui.Chromium(test_ui.CHROMIUM, test_ui.VIEWPORT)
+    server = test_ui._dg_dev(project / "home", extra, cwd=project)
+    try:
+        base = next(server)
+        browser.call("Page.navigate", url=f"{base}/assets/dnb-tiny-core?view=partitions")
+        deadline, text = time.monotonic() + 90, ""
+        while time.monotonic() < deadline:
+            browser.evaluate(test_ui.SKIP_DIALOG_JS)
+            text = browser.evaluate("document.body ? document.body.innerText : ''") or ""
+            if all(key in text for key in RELEASES) and "Materialized (3)" in text:
+                break
+            time.sleep(1)
+        browser.screenshot(root / "partitions.png")
+        assert all(key in text for key in RELEASES), text[-3000:]
+        assert "3 Partitions" in text and "Materialized (3)" in text, text[-3000:]
+        assert "Failed (0)" in text and "Missing (0)" in text, text[-3000:]
+    finally:
+        browser.close()
+        server.close()
