@@ -153,7 +153,7 @@ def dagster_dev_publishing(tmp_path: Path) -> Iterator[str]:
     })
 
 
-def _dg_dev(home: Path, extra_env: dict[str, str]) -> Iterator[str]:
+def _dg_dev(home: Path, extra_env: dict[str, str], cwd: Path = REPO) -> Iterator[str]:
     home.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_IS_DEV_CLI" and not k.startswith("DNB_")}
@@ -162,7 +162,7 @@ def _dg_dev(home: Path, extra_env: dict[str, str]) -> Iterator[str]:
     command = [str(Path(sys.executable).with_name("dg")), "dev", "-h", "127.0.0.1", "-p", str(port)]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            command, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: webserver, daemon and code server die together
             preexec_fn=_default_signals,
         )

@@ -2,11 +2,20 @@
 
 
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dagster import AssetCheckSpec, AssetExecutionContext, AssetKey, AssetsDefinition, multi_asset
+from dagster import (
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    PartitionsDefinition,
+    multi_asset,
+)
+from dagster._utils.warnings import PreviewWarning
 
 from dagster_nix_builder.adapters.large_steps import compute_output_keys_once
 from dagster_nix_builder.adapters.resource import NixResource
@@ -36,19 +45,27 @@ def validate_package_names(graph: NixPackageGraph) -> None:
         )
 
 
-def check_specs_for(package: NixPackage, asset_key: AssetKey) -> list[AssetCheckSpec]:
+def check_specs_for(
+    package: NixPackage, asset_key: AssetKey, partitions_def: PartitionsDefinition | None = None
+) -> list[AssetCheckSpec]:
     """One check per derivation of the package's ``passthru.tests``: a test added to an expression is a
-    check, with no Python. Blocking tests keep the packages downstream from being materialized."""
-    return [
-        AssetCheckSpec(
-            name,
-            asset=asset_key,
-            blocking=test.blocking,
-            description=(test.description or f"passthru.tests.{name} of {package.file or package.attr} builds")
-            + f" (the derivation {Path(test.drv_path).name}).",
-        )
-        for name, test in sorted(package.tests.items())
-    ]
+    check, with no Python. Blocking tests keep the packages downstream from being materialized. With
+    ``partitions_def`` (the asset's), each result is the check of the partition built."""
+    with warnings.catch_warnings():
+        # Dagster calls a check's partitions a preview: chosen knowingly (a check per version), said once in the
+        # README, not on every load.
+        warnings.filterwarnings("ignore", "Specifying a partitions_def on an AssetCheckSpec", PreviewWarning)
+        return [
+            AssetCheckSpec(
+                name,
+                asset=asset_key,
+                blocking=test.blocking,
+                description=(test.description or f"passthru.tests.{name} of {package.file or package.attr} builds")
+                + f" (the derivation {Path(test.drv_path).name}).",
+                partitions_def=partitions_def,
+            )
+            for name, test in sorted(package.tests.items())
+        ]
 
 
 def nix_assets(
@@ -58,6 +75,7 @@ def nix_assets(
     translator: DagsterNixTranslator | None = None,
     op_tags: Mapping[str, Any] | None = None,
     pool: str | None = None,
+    partitions_def: PartitionsDefinition | None = None,
 ) -> AssetsDefinition:
     """Build one multi-asset with a spec per package of ``graph`` (edges from Nix) and its checks.
 
@@ -70,6 +88,8 @@ def nix_assets(
         translator: maps packages to specs; subclass :class:`DagsterNixTranslator` to customise.
         op_tags: tags of the op.
         pool: concurrency pool of the op.
+        partitions_def: partitions of every package and check (e.g. one per upstream version); the resource
+            builds the run's partition.
 
     Raises:
         NixPackageSetError: a package's name cannot be an asset key (names its file).
@@ -82,7 +102,7 @@ def nix_assets(
         spec = translator.get_asset_spec(graph[attr])
         specs.append(spec)
         if translator.settings.enable_asset_checks:
-            check_specs += check_specs_for(graph[attr], spec.key)
+            check_specs += check_specs_for(graph[attr], spec.key, partitions_def)
 
     @multi_asset(
         name=name,
@@ -92,6 +112,7 @@ def nix_assets(
         op_tags=op_tags,
         pool=pool,
         compute_kind=None,
+        partitions_def=partitions_def,
     )
     def _nix_assets(context: AssetExecutionContext, nix: NixResource):
         compute_output_keys_once(context)  # a run of thousands of packages: see large_steps

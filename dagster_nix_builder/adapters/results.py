@@ -202,7 +202,8 @@ def materialize_result(
     package = outcome.package
     info = path_info if path_info is not None else cli.path_info(list(package.outputs.values()))
     out = package.out_path or ""
-    pins = read_source(graph.nix_dir)
+    given = cli.value_args.get("pins")  # a partition's (or a bisect step's) pins, given to Nix: what it built
+    pins = given if isinstance(given, dict) else read_source(graph.nix_dir)
     metadata: dict[str, Any] = {
         "out_path": MetadataValue.path(out),
         "store_paths": MetadataValue.json(dict(package.outputs)),

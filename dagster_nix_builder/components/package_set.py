@@ -10,16 +10,11 @@
       translation: {group_name: nix, key_prefix: [], code_versions: true, checks: true}
       include_update: null                  # the update job and its two sensors: for a Dagster source only
 
-Its state is the evaluated package graph (``load_package_graph``), a JSON document kept where the framework
-keeps local state (``<defs folder>/.local_defs_state/<key>/state``) with a *fingerprint* of everything the
-evaluation read: the content of every file under the package-set directory, the Nix-relevant attributes
-(``executable``, ``scope``, ``nix_args``, ``nix_config``), the Nix executable and the host interpreter (path,
-size, modification time), ``NIX_PATH``, the platform, and this package's evaluation code (``graph.py``,
-``*.nix``). Loading the definitions computes the fingerprint without running anything; when the stored one
-matches, the assets are built from the state and Nix is not run. When the state is missing or its
-fingerprint differs, the component evaluates the package set with Nix, writes the state (atomically:
-a temporary file renamed over the old one) through the framework's ``refresh_state``, and builds from that.
-``dg utils refresh-defs-state`` forces a refresh. Underneath: ``nix_assets``, ``NixResource``, the translator.
+Its state is the evaluated package graph, a JSON document where the framework keeps local state
+(``<defs folder>/.local_defs_state/<key>/state``) with a *fingerprint* of all the evaluation read
+(:meth:`NixPackageSetComponent.fingerprint_inputs`), computed on load without running anything: when it matches,
+the assets are built from the state, Nix not run; otherwise the set is evaluated with Nix and the state written
+atomically (the framework's ``refresh_state``). Underneath: ``nix_assets``, ``NixResource``, the translator.
 """
 
 from __future__ import annotations
@@ -61,6 +56,7 @@ from dagster_nix_builder.components.attributes import (
     attribute_errors,
     attribute_location,
 )
+from dagster_nix_builder.components.history import NixHistory, with_history
 from dagster_nix_builder.components.scaffolder import NixPackageSetScaffolder
 from dagster_nix_builder.components.sources import source_errors
 from dagster_nix_builder.components.update import include_update
@@ -136,6 +132,7 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
         default=None, description="The update job and its sensors; null: only for a set with a dagster-src."
     )
     publish: NixPublish | None = Field(default=None, description="Publish each package (published/<attr>).")
+    history: NixHistory | None = Field(default=None, description="Versions as partitions (null: none).")
     defs_state: ResolvedDefsStateConfig = Field(
         default_factory=lambda: DefsStateConfigArgs(
             management_type=DefsStateManagementType.LOCAL_FILESYSTEM, refresh_if_dev=False
@@ -173,8 +170,11 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
         problems = source_errors(self.package_set, self.file, self.flake, self.attribute, self.args)
         if problems:
             key, message = problems[0]
-            where = attribute_location(self._defs_path, key) if self._defs_path else type(self).__name__
-            raise NixConfigError(f"{where}: attributes.{key}: {message}")
+            raise NixConfigError(f"{self._where(key)}: attributes.{key}: {message}")
+
+    def _where(self, key: str) -> str:
+        """``<defs.yaml>:<line>`` of an attribute, for errors (the class's name outside a defs.yaml)."""
+        return attribute_location(self._defs_path, key) if self._defs_path else type(self).__name__
 
     # ---- paths and the resource ----
 
@@ -384,13 +384,15 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
         automation = AutomationConditionSensorDefinition(
             "nix_packages_automation", target=AssetSelection.all(), default_status=DefaultSensorStatus.STOPPED
         )
+        nix, partitions = with_history(  # versions as partitions, when `history:` is set (else: as given)
+            self.history, self.nix_resource(state["graph"].get("takes")), graph, self.package_dir,
+            self._where("history"), self.project_root, publish=bool(self.publish and self.publish.cache_url),
+        )  # fmt: skip
         packages = Definitions(
-            assets=[nix_assets(graph, translator=self.translator())],
-            resources={"nix": self.nix_resource(state["graph"].get("takes"))},
+            assets=[nix_assets(graph, translator=self.translator(), partitions_def=partitions)],
+            resources={"nix": nix},
             sensors=[automation] if self.automation else [],
-            # All packages are built by one step (one `nix build`): a step subprocess would only load the
-            # definitions a second time.
-            executor=in_process_executor,
+            executor=in_process_executor,  # one step (one `nix build`): a subprocess would load them again
         )
         if self.publish is not None and self.publish.cache_url:  # e.g. "{{ env.DNB_CACHE_URL }}", unset: off
             if not self.publish.secret_key_file:
@@ -404,17 +406,14 @@ class NixPackageSetComponent(StateBackedComponent, Model, Resolvable):
             packages = Definitions.merge(
                 packages, Definitions(assets=[publish_assets(graph, keys, settings, group_name="published")])
             )
-        where = attribute_location(self._defs_path, "include_update") if self._defs_path else type(self).__name__
-        if not include_update(self.include_update, graph, self.package_dir, where):
+        if not include_update(self.include_update, graph, self.package_dir, self._where("include_update")):
             return packages
         return Definitions.merge(
             packages,
             # The update job and the upstream sensors: they edit and commit <package set>/pins.json.
             update_definitions(
-                repo_dir=self.project_root,
-                nix_dir=os.path.relpath(self.package_dir, self.project_root),
-                scope=self.scope,
-                nix_config=self.nix_config,
-                key_prefix=tuple(self.translation.key_prefix),
+                repo_dir=self.project_root, nix_dir=os.path.relpath(self.package_dir, self.project_root),
+                scope=self.scope, nix_config=self.nix_config, key_prefix=tuple(self.translation.key_prefix),
+                partitions=self.history.follow() if self.history else None,  # the sensor adds partitions
             ),
-        )
+        )  # fmt: skip

@@ -27,6 +27,7 @@ DEFAULTS = """\
   # automation: true                 # eager automation condition and its sensor (stopped)
   # include_update: null             # Dagster's update job and upstream sensors: null = only for a set with
   #                                  # a dagster-src attribute (a Dagster source); true or false to force
+  # history: null                    # versions as partitions, e.g. {partitions: releases, keep: 10}
 """
 
 

@@ -7,6 +7,10 @@
   distribution the package set declares has an sdist of the version its declaration derives (Nix says
   which distributions and versions); a newer version than the pinned one requests one update run.
 
+With versions as partitions (``history:`` of ``defs.yaml``, :class:`PartitionFollow`), each also adds what it
+finds as a dynamic partition of the package assets (the head rev; the newest ``keep`` complete releases), in
+either source mode, and deletes the oldest beyond ``keep``.
+
 An unchanged upstream, an upstream that cannot be reached, or pins in the other source mode are skips
 with their reason, never crashes. Both keep a JSON cursor (what they last saw and requested), which the
 daemon stores across restarts.
@@ -36,6 +40,7 @@ from packaging.version import InvalidVersion, Version
 
 from dagster_nix_builder.nix.settings import DEFAULT_NIX_CONFIG
 from dagster_nix_builder.upstream import lookup as git_upstream
+from dagster_nix_builder.upstream.history import PartitionFollow, PartitionRequest, partition_requests
 from dagster_nix_builder.upstream.pins import Pins, PinsError, read_pins
 from dagster_nix_builder.upstream.update.bisect_job import build_bisect_job
 from dagster_nix_builder.upstream.update.job import (
@@ -46,7 +51,7 @@ from dagster_nix_builder.upstream.update.job import (
     update_run_config,
 )
 from dagster_nix_builder.upstream.update.model import UpdateError, UpdateSettings
-from dagster_nix_builder.upstream.update.resolve import latest_complete_release
+from dagster_nix_builder.upstream.update.resolve import complete_releases
 
 COMMIT_SENSOR_NAME = "dagster_upstream_commit_sensor"
 RELEASE_SENSOR_NAME = "dagster_release_sensor"
@@ -85,22 +90,31 @@ class UpstreamCursor:
         return json.dumps(asdict(self), sort_keys=True)
 
 
-def _skip(reason: str, cursor: UpstreamCursor, context: SensorEvaluationContext) -> SensorResult:
+def _skip(
+    reason: str, cursor: UpstreamCursor, context: SensorEvaluationContext, partitions: Sequence[PartitionRequest] = ()
+) -> SensorResult:
     context.log.info(reason)
-    return SensorResult(skip_reason=SkipReason(reason), cursor=cursor.to_json())
+    return SensorResult(
+        skip_reason=SkipReason(reason), cursor=cursor.to_json(), dynamic_partitions_requests=list(partitions)
+    )
 
 
 def _pins_in_mode(
-    pins_path: Path, source: str, cursor: UpstreamCursor, context: SensorEvaluationContext
+    pins_path: Path, source: str, cursor: UpstreamCursor, context: SensorEvaluationContext, *, any_mode: bool = False
 ) -> Pins | SensorResult:
-    """The pins, if they select `source`; otherwise the skip the sensor returns."""
+    """The pins, if they select `source` (or in any mode, with `any_mode`); otherwise the skip the sensor
+    returns."""
     try:
         pins = read_pins(pins_path)
     except (OSError, PinsError) as e:
         return _skip(f"cannot read {pins_path}: {e}", cursor, context)
-    if pins.source != source:
-        return _skip(f"pins select source {pins.source!r}; this sensor follows {source} mode", cursor, context)
+    if pins.source != source and not any_mode:
+        return _skip(_other_mode(pins, source), cursor, context)
     return pins
+
+
+def _other_mode(pins: Pins, source: str) -> str:
+    return f"pins select source {pins.source!r}; this sensor follows {source} mode"
 
 
 def build_upstream_commit_sensor(
@@ -114,6 +128,7 @@ def build_upstream_commit_sensor(
     minimum_interval_seconds: int = 600,
     default_status: DefaultSensorStatus = DefaultSensorStatus.STOPPED,
     timeout_seconds: float = 60,
+    partitions: PartitionFollow | None = None,
 ) -> SensorDefinition:
     """A sensor requesting an update run when the followed branch moves past the pinned rev.
 
@@ -127,6 +142,7 @@ def build_upstream_commit_sensor(
         minimum_interval_seconds: Seconds between evaluations.
         default_status: Whether the sensor runs as soon as the daemon loads it.
         timeout_seconds: Limit of `git ls-remote`.
+        partitions: Add each head as a partition of these (``kind`` commits), in either source mode.
     """
     pins_path = Path(repo_dir) / nix_dir / "pins.json"
 
@@ -139,7 +155,7 @@ def build_upstream_commit_sensor(
     )
     def _commit_sensor(context: SensorEvaluationContext) -> SensorResult:
         cursor = UpstreamCursor.from_json(context.cursor)
-        pins = _pins_in_mode(pins_path, "git", cursor, context)
+        pins = _pins_in_mode(pins_path, "git", cursor, context, any_mode=partitions is not None)
         if isinstance(pins, SensorResult):
             return pins
         follow_url = url or pins.git.url
@@ -150,10 +166,13 @@ def build_upstream_commit_sensor(
             cursor = UpstreamCursor(cursor.last_seen, cursor.last_requested, str(e))
             return _skip(f"upstream unreachable: {e}", cursor, context)
         cursor = UpstreamCursor(head, cursor.last_requested, None)
+        added = partition_requests(context, partitions, [head])
+        if pins.source != "git":
+            return _skip(_other_mode(pins, "git"), cursor, context, added)
         if head == pins.git.rev:
-            return _skip(f"{follow_branch} head {head} is the pinned rev: nothing to update", cursor, context)
+            return _skip(f"{follow_branch} head {head} is the pinned rev: nothing to update", cursor, context, added)
         if head == cursor.last_requested:
-            return _skip(f"an update to {head} was already requested", cursor, context)
+            return _skip(f"an update to {head} was already requested", cursor, context, added)
         cursor = UpstreamCursor(head, head, None)
         context.log.info(f"{follow_branch} moved to {head} (pinned: {pins.git.rev}): requesting an update")
         return SensorResult(
@@ -165,6 +184,7 @@ def build_upstream_commit_sensor(
                 )
             ],
             cursor=cursor.to_json(),
+            dynamic_partitions_requests=added,
         )
 
     return _commit_sensor
@@ -183,6 +203,7 @@ def build_release_sensor(
     minimum_interval_seconds: int = 3600,
     default_status: DefaultSensorStatus = DefaultSensorStatus.STOPPED,
     timeout_seconds: float = 120,
+    partitions: PartitionFollow | None = None,
 ) -> SensorDefinition:
     """A sensor requesting an update run when a newer Dagster release is complete on the package index:
     every distribution the package set declares has an sdist of the version its declaration derives (the
@@ -200,6 +221,8 @@ def build_release_sensor(
         minimum_interval_seconds: Seconds between evaluations.
         default_status: Whether the sensor runs as soon as the daemon loads it.
         timeout_seconds: Limit of each pip call.
+        partitions: Add the newest ``keep`` complete releases as partitions of these (``kind`` releases), in
+            either source mode.
     """
     pins_path = Path(repo_dir) / nix_dir / "pins.json"
     settings = UpdateSettings(
@@ -217,29 +240,33 @@ def build_release_sensor(
     )
     def _release_sensor(context: SensorEvaluationContext) -> SensorResult:
         cursor = UpstreamCursor.from_json(context.cursor)
-        pins = _pins_in_mode(pins_path, "release", cursor, context)
+        pins = _pins_in_mode(pins_path, "release", cursor, context, any_mode=partitions is not None)
         if isinstance(pins, SensorResult):
             return pins
         try:
-            release = latest_complete_release(settings, Path(repo_dir), pins)
+            releases, problems = complete_releases(settings, Path(repo_dir), pins, partitions.keep if partitions else 1)
         except (UpdateError, ValueError) as e:
             cursor = UpstreamCursor(cursor.last_seen, cursor.last_requested, str(e))
             what = "package index unreachable" if "package index" in str(e) else "cannot look up releases"
             return _skip(f"{what}: {e}", cursor, context)
-        latest = release.version
-        if latest is None:
+        if not releases:
             cursor = UpstreamCursor(cursor.last_seen, cursor.last_requested, None)
             return _skip(
                 "no version has all of the package set's distributions as sdists: "
-                + ("; ".join(release.problems) or "the package index has none of them"),
+                + ("; ".join(problems) or "the package index has none of them"),
                 cursor, context,
             )  # fmt: skip
+        release = releases[0]
+        latest = str(release.version)
+        added = partition_requests(context, partitions, [str(r.version) for r in releases])
         cursor = UpstreamCursor(latest, cursor.last_requested, None)
+        if pins.source != "release":
+            return _skip(_other_mode(pins, "release"), cursor, context, added)
         pinned = pins.release.version
         if not _newer(latest, pinned):
-            return _skip(f"newest complete release {latest} is not newer than pinned {pinned}", cursor, context)
+            return _skip(f"newest complete release {latest} is not newer than pinned {pinned}", cursor, context, added)
         if latest == cursor.last_requested:
-            return _skip(f"an update to {latest} was already requested", cursor, context)
+            return _skip(f"an update to {latest} was already requested", cursor, context, added)
         cursor = UpstreamCursor(latest, latest, None)
         versions = ", ".join(f"{d.distribution} {d.version}" for d in release.declarations.values())
         context.log.info(f"release {latest} is complete ({versions}): requesting an update")
@@ -252,6 +279,7 @@ def build_release_sensor(
                 )
             ],
             cursor=cursor.to_json(),
+            dynamic_partitions_requests=added,
         )
 
     return _release_sensor
@@ -292,6 +320,7 @@ def update_definitions(
     pip_args: Sequence[str] = (),
     key_prefix: Sequence[str] = (),
     sensor_status: DefaultSensorStatus = DefaultSensorStatus.STOPPED,
+    partitions: PartitionFollow | None = None,
     **resource_fields: Any,
 ) -> Definitions:
     """The update job, both sensors and the `pin_updater` resource, ready to merge into a code location.
@@ -303,6 +332,7 @@ def update_definitions(
         pip_args: Extra pip arguments of the release lookup.
         key_prefix: Prefix of the package asset keys (the translator's `key_prefix`).
         sensor_status: Default status of both sensors (turn them on in the UI, or pass RUNNING).
+        partitions: Versions as partitions: the sensor of their kind adds what it finds to them.
         **resource_fields: Further fields of `PinUpdater` (e.g. `nix_executable`, `timeout_seconds`).
 
     Returns:
@@ -322,12 +352,14 @@ def update_definitions(
         jobs=[job, build_bisect_job(resource_defs={"pin_updater": updater})],
         sensors=[
             build_upstream_commit_sensor(
-                job=job, repo_dir=repo_dir, nix_dir=nix_dir, default_status=sensor_status
+                job=job, repo_dir=repo_dir, nix_dir=nix_dir, default_status=sensor_status,
+                partitions=partitions if partitions and partitions.kind == "commits" else None,
             ),
             build_release_sensor(
                 job=job, repo_dir=repo_dir, nix_dir=nix_dir, pip_args=pip_args, default_status=sensor_status,
                 scope=scope, nix_executable=resource_fields.get("nix_executable", "nix"),
                 nix_config=resource_fields.get("nix_config", DEFAULT_NIX_CONFIG),
+                partitions=partitions if partitions and partitions.kind == "releases" else None,
             ),
         ],
         resources={"pin_updater": updater},

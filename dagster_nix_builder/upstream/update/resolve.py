@@ -71,11 +71,14 @@ def _ask_index(names: list[str], settings: UpdateSettings, *, pre: bool) -> dict
         raise UpdateError(UpdateStep.RESOLVE, f"the package index could not be asked: {e}") from e
 
 
-def latest_complete_release(settings: UpdateSettings, repo_dir: Path, pins: Pins) -> Release:
-    """The newest Dagster version of which every declared distribution has an sdist of its derived version.
+def complete_releases(
+    settings: UpdateSettings, repo_dir: Path, pins: Pins, count: int = 1
+) -> tuple[list[Release], tuple[str, ...]]:
+    """The newest `count` Dagster versions of which every declared distribution has an sdist of its derived
+    version, newest first, and why the newest incomplete candidate is not complete.
 
     The Dagster versions weighed are those the index has of the distributions whose version is Dagster's
-    at the pinned release (the declarations say which), the newest `CANDIDATES` of them; their
+    at the pinned release (the declarations say which), the newest `max(CANDIDATES, count)` of them; their
     declarations come from one Nix evaluation, the index from one pip process.
     """
     (current,) = read_declarations(settings, repo_dir, "release", [_at(pins, pins.release.version)], UpdateStep.RESOLVE)
@@ -89,15 +92,27 @@ def latest_complete_release(settings: UpdateSettings, repo_dir: Path, pins: Pins
     following = {d.distribution for d in current.values() if d.version == pins.release.version} or {
         d.distribution for d in current.values()
     }
-    versions = sorted({v for dist in following for v in found.get(dist, [])}, key=_key, reverse=True)[:CANDIDATES]
+    weighed = max(CANDIDATES, count)
+    versions = sorted({v for dist in following for v in found.get(dist, [])}, key=_key, reverse=True)[:weighed]
     problems: tuple[str, ...] = ()
+    releases: list[Release] = []
     candidates = read_declarations(settings, repo_dir, "release", [_at(pins, v) for v in versions], UpdateStep.RESOLVE)
     for version, declarations in zip(versions, candidates, strict=True):
         missing = release_problems(declarations, found)
         if not missing:
-            return Release(version, declarations, problems)
-        problems = problems or tuple(f"{version}: {p}" for p in missing)
-    return Release(None, {}, problems)
+            releases.append(Release(version, declarations, problems))
+            if len(releases) == count:
+                break
+        else:
+            problems = problems or tuple(f"{version}: {p}" for p in missing)
+    return releases, problems
+
+
+def latest_complete_release(settings: UpdateSettings, repo_dir: Path, pins: Pins) -> Release:
+    """The newest Dagster version of which every declared distribution has an sdist of its derived version
+    (:func:`complete_releases`); its `version` None when there is none."""
+    releases, problems = complete_releases(settings, repo_dir, pins)
+    return releases[0] if releases else Release(None, {}, problems)
 
 
 def resolve_release(version: str | None, settings: UpdateSettings, repo_dir: Path, pins: Pins, log: Log) -> Release:
@@ -132,4 +147,4 @@ def resolve_release(version: str | None, settings: UpdateSettings, repo_dir: Pat
     return Release(version, declarations)
 
 
-__all__ = ["CANDIDATES", "Release", "latest_complete_release", "resolve_release", "resolve_rev"]
+__all__ = ["CANDIDATES", "Release", "complete_releases", "latest_complete_release", "resolve_release", "resolve_rev"]
