@@ -151,7 +151,7 @@ class PathInfo:
         wanted = set(package.outputs.values())
         missing = wanted - set(self._info)
         if missing:
-            unknown = self._all - set(self._info) - missing
+            unknown = self._all - missing  # never asked: what was asked has left _all
             ask = missing | (unknown - self.cli.surely_invalid_paths(sorted(unknown)) if self._info else unknown)
             self._info.update(self.cli.path_info(sorted(ask)))
             self._all -= ask  # asked once: an output invalid then is asked for again only when reported
